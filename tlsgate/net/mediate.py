@@ -1,0 +1,186 @@
+"""Drives a sans-I/O mediator against a client and a backend stream.
+
+Theory of operation: one reader task per side receives a chunk, then, holding the session
+lock, feeds it to the mediator and executes the outputs in order, awaiting each send. The lock
+keeps outputs of two calls from interleaving and gives backpressure both ways. While the
+mediator says `client_reading_paused` (a STARTTLS was accepted, or a DATA/AUTH reply decides
+what the next client bytes mean) the client reader does not read at all, so the TLS handshake
+can take over the raw transport and no plaintext is ever read past a STARTTLS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from tlsgate.net.activity import Activity
+from tlsgate.net.relay import (
+    RECEIVE_SIZE_BYTES,
+    PeerBrokenError,
+    Side,
+    raise_first_error,
+    relay_both_ways,
+    send_eof_quietly,
+)
+from tlsgate.observe.events import CloseReason
+from tlsgate.protocol.io_types import (
+    BackendData,
+    BackendEof,
+    ClientData,
+    ClientEof,
+    ClientTlsEstablished,
+    Close,
+    EofToBackend,
+    EofToClient,
+    IdleTimeout,
+    Input,
+    Mediator,
+    Notice,
+    Output,
+    SendToBackend,
+    SendToClient,
+    StartClientTls,
+    SwitchToRelay,
+)
+
+# After an idle timeout the goodbye reply gets this long to leave before the close.
+GOODBYE_SEND_TIMEOUT_SECONDS = 5.0
+
+StartTls = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
+NoticeSink = Callable[[Notice], None]
+
+
+class MediationRunner:
+    """One session's mediator loop; `run()` returns how it ended."""
+
+    def __init__(
+        self,
+        mediator: Mediator,
+        client: trio.abc.Stream,
+        backend: trio.abc.Stream,
+        *,
+        start_client_tls: StartTls,
+        on_notice: NoticeSink,
+        activity: Activity,
+    ) -> None:
+        self.mediator = mediator
+        self.client = client
+        self.backend = backend
+        self.bytes_from_client = 0
+        self.bytes_from_backend = 0
+        self.close_reason = CloseReason.COMPLETED
+        self._start_client_tls = start_client_tls
+        self._on_notice = on_notice
+        self._activity = activity
+        self._lock = trio.Lock()
+        self._client_resumed = trio.Event()
+        self._switch_to_relay = False
+        self._cancel_scope = trio.CancelScope()
+
+    async def run(self, initial_client_data: bytes = b"") -> CloseReason:
+        """Mediate until the mediator closes the session or a peer breaks off.
+
+        Raises:
+            PeerBrokenError: a stream broke; its `side` says which.
+            TlsHandshakeError: the STARTTLS handshake failed (from `start_client_tls`).
+        """
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._activity.watch, self._on_idle)
+                    nursery.start_soon(self._read_backend)
+                    nursery.start_soon(self._read_client, initial_client_data)
+        except BaseExceptionGroup as group:
+            raise_first_error(group)
+        if self._switch_to_relay:
+            await self._relay()
+        return self.close_reason
+
+    # ---- readers ----------------------------------------------------------------------------
+
+    async def _read_client(self, initial_data: bytes) -> None:
+        if initial_data:
+            self.bytes_from_client += len(initial_data)
+            await self._dispatch(ClientData(initial_data))
+        while True:
+            while self.mediator.client_reading_paused:
+                self._client_resumed = trio.Event()
+                await self._client_resumed.wait()
+            data = await self._receive(self.client, Side.CLIENT)
+            if not data:
+                await self._dispatch(ClientEof())
+                return
+            self.bytes_from_client += len(data)
+            await self._dispatch(ClientData(data))
+
+    async def _read_backend(self) -> None:
+        while True:
+            data = await self._receive(self.backend, Side.BACKEND)
+            if not data:
+                await self._dispatch(BackendEof())
+                return
+            self.bytes_from_backend += len(data)
+            await self._dispatch(BackendData(data))
+
+    async def _receive(self, stream: trio.abc.Stream, side: Side) -> bytes:
+        try:
+            data = await stream.receive_some(RECEIVE_SIZE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise PeerBrokenError(side) from exc
+        self._activity.touch()
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def _on_idle(self) -> None:
+        with trio.move_on_after(GOODBYE_SEND_TIMEOUT_SECONDS):
+            await self._dispatch(IdleTimeout())
+        self.close_reason = CloseReason.IDLE_TIMEOUT
+        self._cancel_scope.cancel()
+
+    # ---- executing outputs ------------------------------------------------------------------
+
+    async def _dispatch(self, event: Input) -> None:
+        async with self._lock:
+            await self._execute(self.mediator.handle(event))
+            if not self.mediator.client_reading_paused:
+                self._client_resumed.set()
+
+    async def _execute(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            match output:
+                case SendToBackend(data):
+                    await self._send(self.backend, data, Side.BACKEND)
+                case SendToClient(data):
+                    await self._send(self.client, data, Side.CLIENT)
+                case EofToBackend():
+                    await send_eof_quietly(self.backend)
+                case EofToClient():
+                    await send_eof_quietly(self.client)
+                case StartClientTls():
+                    self.client = await self._start_client_tls(self.client)
+                    await self._execute(self.mediator.handle(ClientTlsEstablished()))
+                case SwitchToRelay():
+                    self._switch_to_relay = True
+                    self._cancel_scope.cancel()
+                case Close(reason):
+                    self.close_reason = reason
+                    self._cancel_scope.cancel()
+                    return
+                case Notice():
+                    self._on_notice(output)
+
+    async def _send(self, stream: trio.abc.Stream, data: bytes, side: Side) -> None:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise PeerBrokenError(side) from exc
+
+    async def _relay(self) -> None:
+        """The mediator stepped aside: copy opaque bytes both ways until both sides end."""
+        to_backend, to_client, idle = await relay_both_ways(
+            self.client, self.backend, self._activity
+        )
+        self.bytes_from_client += to_backend
+        self.bytes_from_backend += to_client
+        if idle:
+            self.close_reason = CloseReason.IDLE_TIMEOUT

@@ -1,0 +1,118 @@
+"""Byte relay between two streams: both directions, backpressure, half-close.
+
+The per-chunk path does nothing but receive, send and add to a local counter
+(PERFORMANCE.md §3): no logging, no metrics, no per-chunk objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from enum import StrEnum
+
+import trio
+
+from tlsgate.net.activity import Activity
+
+# One large read per wakeup: fewer event-loop round trips per megabyte (PERFORMANCE.md).
+RECEIVE_SIZE_BYTES = 256 * 1024
+
+
+class Side(StrEnum):
+    """Which peer a stream error came from, so a session can say who broke off."""
+
+    CLIENT = "client"
+    BACKEND = "backend"
+
+
+class PeerBrokenError(Exception):
+    def __init__(self, side: Side) -> None:
+        super().__init__(f"{side} connection broke")
+        self.side = side
+
+
+async def send_eof_quietly(stream: trio.abc.Stream) -> None:
+    """Half-close where the stream can; a peer that already went away is not an error here."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_eof()
+
+
+async def pump(
+    source: trio.abc.Stream,
+    source_side: Side,
+    sink: trio.abc.Stream,
+    sink_side: Side,
+    activity: Activity,
+) -> int:
+    """Copy `source` to `sink` until EOF, then half-close `sink`. Return the bytes copied.
+
+    Raises:
+        PeerBrokenError: either stream broke; `side` says which.
+    """
+    copied = 0
+    while True:
+        try:
+            data = await source.receive_some(RECEIVE_SIZE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise PeerBrokenError(source_side) from exc
+        if not data:
+            break
+        try:
+            await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise PeerBrokenError(sink_side) from exc
+        copied += len(data)
+        activity.touch()
+    await send_eof_quietly(sink)
+    return copied
+
+
+async def relay_both_ways(
+    client: trio.abc.Stream, backend: trio.abc.Stream, activity: Activity
+) -> tuple[int, int, bool]:
+    """Relay until both directions reached EOF, or until the session goes idle.
+
+    Returns:
+        (bytes client to backend, bytes backend to client, whether it ended by going idle).
+
+    Raises:
+        PeerBrokenError: a stream broke; its `side` says which.
+    """
+    counts = [0, 0]
+    idle = False
+
+    async def client_to_backend() -> None:
+        counts[0] = await pump(client, Side.CLIENT, backend, Side.BACKEND, activity)
+
+    async def backend_to_client() -> None:
+        counts[1] = await pump(backend, Side.BACKEND, client, Side.CLIENT, activity)
+
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def on_idle() -> None:
+                nonlocal idle
+                idle = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(activity.watch, on_idle)
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(client_to_backend)
+                pumps.start_soon(backend_to_client)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_first_error(group)
+    return counts[0], counts[1], idle
+
+
+def raise_first_error(group: BaseExceptionGroup[BaseException]) -> None:
+    """Re-raise the first real error of a nursery's group, preferring it to a Cancelled.
+
+    Sessions classify failures by exception type (PeerBrokenError, TlsHandshakeError); trio
+    wraps them in groups, and one leaf is all a session needs to say why it ended.
+    """
+    _, errors = group.split(trio.Cancelled)
+    leaf: BaseException = errors if errors is not None else group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    raise leaf

@@ -1,0 +1,277 @@
+"""One client connection from accept to close.
+
+accept -> implicit: handshake, backend, relay or mediate
+       -> starttls/none: backend, mediate (the mediator asks for TLS when the client does)
+       -> auto: wait up to detect_timeout for the first byte: 0x16 -> implicit path with the
+          bytes already read; other bytes -> early talker on the plaintext path; silence ->
+          plaintext path with STARTTLS offered
+A session never raises into the server: every way it can end is classified into a
+`CloseReason` and logged once as `closed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import ssl
+
+import trio
+from structlog.typing import FilteringBoundLogger
+
+from tlsgate.config.model import ListenerConfig, Protocol, TlsMode
+from tlsgate.net.activity import Activity
+from tlsgate.net.backend import BackendUnavailableError, connect_backend
+from tlsgate.net.mediate import GOODBYE_SEND_TIMEOUT_SECONDS, MediationRunner
+from tlsgate.net.relay import RECEIVE_SIZE_BYTES, PeerBrokenError, Side, relay_both_ways
+from tlsgate.net.tls_stream import TlsStream
+from tlsgate.observe.events import CloseReason, DetectedKind, HandshakeFailure, NoticeKind
+from tlsgate.observe.observer import log_notice
+from tlsgate.protocol.io_types import Mediator, Notice, SessionPolicy
+from tlsgate.protocol.pop3_server import Pop3ServerMediator
+from tlsgate.protocol.smtp_server import SmtpServerMediator
+from tlsgate.protocol.tempfail import backend_unavailable_reply
+from tlsgate.sniff import Verdict, classify
+from tlsgate.tls.failures import TlsHandshakeError
+
+# Closing politely (close_notify) must not hold a session open: a peer that stopped reading
+# gets this long, then the socket is closed anyway.
+CLOSE_TIMEOUT_SECONDS = 2.0
+_STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def remember_sni(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+    """`SSLContext.sni_callback`: keep the client's SNI where the session can log it."""
+    ssl_object.tlsgate_sni = server_name  # type: ignore[attr-defined]  # SSLObject has a __dict__
+
+
+class Session:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        listener: ListenerConfig,
+        context: ssl.SSLContext | None,
+        logger: FilteringBoundLogger,
+    ) -> None:
+        self.listener = listener
+        self._raw = stream
+        self._context = context
+        self._log = logger
+        self._client: trio.abc.Stream = stream
+        self._backend: trio.abc.Stream | None = None
+        self._accepted_at = trio.current_time()
+        self._bytes_from_client = 0
+        self._bytes_from_backend = 0
+        self._peer_ip = _peer_ip(stream)
+
+    async def run(self) -> None:
+        reason = CloseReason.INTERNAL_ERROR
+        try:
+            reason = await self._serve()
+        except PeerBrokenError as exc:
+            reason = (
+                CloseReason.CLIENT_RESET if exc.side is Side.CLIENT else CloseReason.BACKEND_RESET
+            )
+        except TlsHandshakeError as exc:
+            reason = CloseReason.HANDSHAKE_FAILED
+            self._log.warning(
+                NoticeKind.HANDSHAKE_FAILED.value,
+                reason=exc.failure.value,
+                detail=exc.detail,
+                peer=self._peer_ip,
+            )
+        except trio.Cancelled:
+            reason = CloseReason.SHUTDOWN
+            raise
+        except Exception:
+            self._log.exception("internal_error")
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_streams()
+            self._log.info(
+                NoticeKind.CLOSED.value,
+                reason=reason.value,
+                bytes_client_to_backend=self._bytes_from_client,
+                bytes_backend_to_client=self._bytes_from_backend,
+                duration_ms=round((trio.current_time() - self._accepted_at) * 1000),
+            )
+
+    async def _serve(self) -> CloseReason:
+        listener = self.listener
+        initial_data = b""
+        client_tls = False
+        if listener.tls is TlsMode.IMPLICIT:
+            await self._start_tls(b"", self._accepted_at + listener.handshake_timeout)
+            client_tls = True
+        elif listener.tls is TlsMode.AUTO:
+            detected = await self._detect()
+            if detected is None:
+                return CloseReason.COMPLETED  # closed before saying anything
+            kind, initial_data = detected
+            self._log.info(NoticeKind.DETECTED.value, kind=kind.value)
+            if kind is DetectedKind.TLS:
+                await self._start_tls(initial_data, self._accepted_at + listener.handshake_timeout)
+                client_tls, initial_data = True, b""
+        if not await self._connect_backend():
+            return CloseReason.BACKEND_UNAVAILABLE
+        assert self._backend is not None
+        activity = Activity(listener.idle_timeout)
+        if not listener.mediates:
+            return await self._relay(initial_data, activity)
+        runner = MediationRunner(
+            self._mediator(client_tls),
+            self._client,
+            self._backend,
+            start_client_tls=self._start_tls_after_command,
+            on_notice=self._on_notice,
+            activity=activity,
+        )
+        try:
+            return await runner.run(initial_data)
+        finally:
+            self._client = runner.client
+            self._bytes_from_client += runner.bytes_from_client
+            self._bytes_from_backend += runner.bytes_from_backend
+
+    async def _relay(self, initial_data: bytes, activity: Activity) -> CloseReason:
+        assert self._backend is not None
+        if initial_data:
+            await self._backend.send_all(initial_data)
+            self._bytes_from_client += len(initial_data)
+        to_backend, to_client, idle = await relay_both_ways(self._client, self._backend, activity)
+        self._bytes_from_client += to_backend
+        self._bytes_from_backend += to_client
+        return CloseReason.IDLE_TIMEOUT if idle else CloseReason.COMPLETED
+
+    # ---- detection and TLS ------------------------------------------------------------------
+
+    async def _detect(self) -> tuple[DetectedKind, bytes] | None:
+        """CONTRACT.md: detect_timeout bounds the wait for the first byte only; a TLS record
+        header commits to TLS, the rest of the hello is the handshake's business."""
+        with trio.move_on_after(self.listener.detect_timeout) as waiting:
+            first = await self._receive_raw()
+        if waiting.cancelled_caught:
+            return DetectedKind.PLAINTEXT, b""
+        if not first:
+            return None
+        with trio.fail_at(self._accepted_at + self.listener.handshake_timeout):
+            while (verdict := classify(first)) is Verdict.NEED_MORE:
+                more = await self._receive_raw()
+                if not more:
+                    return None
+                first += more
+        return (DetectedKind.TLS if verdict is Verdict.TLS else DetectedKind.EARLY_TALKER), first
+
+    async def _receive_raw(self) -> bytes:
+        try:
+            data = await self._raw.receive_some(RECEIVE_SIZE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise PeerBrokenError(Side.CLIENT) from exc
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def _start_tls(self, initial_data: bytes, deadline: float) -> TlsStream:
+        assert self._context is not None, "config validation guarantees a certificate"
+        tls = TlsStream(self._raw, self._context, server_side=True, initial_data=initial_data)
+        self._client = tls
+        started = trio.current_time()
+        try:
+            with trio.fail_at(deadline):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            raise TlsHandshakeError(HandshakeFailure.TIMEOUT, "handshake timeout") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise TlsHandshakeError(HandshakeFailure.EOF, "connection lost") from None
+        ssl_object = tls.ssl_object
+        cipher = ssl_object.cipher()
+        self._log.info(
+            NoticeKind.TLS_ESTABLISHED.value,
+            version=ssl_object.version() or "",
+            cipher=cipher[0] if cipher else "",
+            sni=getattr(ssl_object, "tlsgate_sni", None) or "",
+            handshake_ms=round((trio.current_time() - started) * 1000, 1),
+        )
+        return tls
+
+    async def _start_tls_after_command(self, stream: trio.abc.Stream) -> trio.abc.Stream:
+        assert stream is self._raw, "STARTTLS happens once, on the plaintext transport"
+        return await self._start_tls(b"", trio.current_time() + self.listener.handshake_timeout)
+
+    # ---- backend ----------------------------------------------------------------------------
+
+    async def _connect_backend(self) -> bool:
+        started = trio.current_time()
+        try:
+            self._backend, endpoint = await connect_backend(
+                self.listener.backend, self.listener.connect_timeout
+            )
+        except BackendUnavailableError as exc:
+            self._log.warning(NoticeKind.BACKEND_FAILED.value, reason=str(exc))
+            await self._send_goodbye(backend_unavailable_reply(self.listener.protocol))
+            return False
+        self._log.info(
+            NoticeKind.BACKEND_CONNECTED.value,
+            backend=str(endpoint),
+            connect_ms=round((trio.current_time() - started) * 1000, 1),
+        )
+        return True
+
+    async def _send_goodbye(self, reply: bytes) -> None:
+        if not reply:
+            return
+        with trio.move_on_after(GOODBYE_SEND_TIMEOUT_SECONDS):
+            with contextlib.suppress(*_STREAM_GONE):
+                await self._client.send_all(reply)
+
+    # ---- mediation --------------------------------------------------------------------------
+
+    def _mediator(self, client_tls: bool) -> Mediator:
+        listener = self.listener
+        if listener.tls is TlsMode.NONE:
+            # CONTRACT.md: auth_requires_tls and require_tls are ignored without TLS.
+            policy = SessionPolicy(
+                client_tls=False, offer_starttls=False, auth_requires_tls=False, require_tls=False
+            )
+        else:
+            excluded = not client_tls and self._excluded_from_starttls()
+            policy = SessionPolicy(
+                client_tls=client_tls,
+                offer_starttls=not client_tls and not excluded,
+                auth_requires_tls=listener.auth_requires_tls,
+                # A client that is not offered STARTTLS could never satisfy require_tls.
+                require_tls=listener.require_tls and not excluded,
+            )
+        if listener.protocol is Protocol.POP3:
+            return Pop3ServerMediator(policy)
+        return SmtpServerMediator(policy)
+
+    def _excluded_from_starttls(self) -> bool:
+        if self._peer_ip is None or not self.listener.starttls_exclude:
+            return False
+        address = ipaddress.ip_address(self._peer_ip)
+        return any(address in network for network in self.listener.starttls_exclude)
+
+    def _on_notice(self, notice: Notice) -> None:
+        log_notice(self._log, notice)
+
+    # ---- closing ----------------------------------------------------------------------------
+
+    async def _close_streams(self) -> None:
+        for stream in (self._client, self._backend):
+            if stream is None:
+                continue
+            with trio.move_on_after(CLOSE_TIMEOUT_SECONDS) as scope:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await stream.aclose()
+            if scope.cancelled_caught:
+                await trio.aclose_forcefully(stream)
+        if self._client is not self._raw:
+            await trio.aclose_forcefully(self._raw)
+
+
+def _peer_ip(stream: trio.SocketStream) -> str | None:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return None
+    return str(address[0]).split("%", 1)[0]
