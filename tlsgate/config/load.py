@@ -16,18 +16,20 @@ the same lines.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tlsgate.config import parse
 from tlsgate.config.model import (
     CertificateEntry,
     Config,
+    Endpoint,
     ListenerConfig,
     LogConfig,
     LogFormat,
@@ -37,6 +39,9 @@ from tlsgate.config.model import (
     TlsSettings,
     TlsVersion,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 T = TypeVar("T")
 Parser = Callable[[object], object]
@@ -65,7 +70,10 @@ class ConfigWarning(_Finding):
 
 
 class ConfigError(Exception):
-    """The config is invalid; `problems` holds every problem found, in file order."""
+    """The config is invalid; `problems` holds every problem found.
+
+    Problems with single values come first, in file order, then those across fields.
+    """
 
     def __init__(
         self, problems: Sequence[ConfigProblem], warnings: Sequence[ConfigWarning] = ()
@@ -99,7 +107,14 @@ _TLS_KEYS: Mapping[str, Parser] = {
     "min_version": parse.parse_tls_version,
     "max_version": parse.parse_tls_version,
 }
-_TOP_KEYS = ("shutdown_timeout", "log", "tls", "certificate", "listener")
+# Nested tables pass through unparsed here; each is walked with its own key table below.
+_TOP_KEYS: Mapping[str, Parser] = {
+    "shutdown_timeout": parse.parse_duration,
+    "log": lambda raw: raw,
+    "tls": lambda raw: raw,
+    "certificate": lambda raw: raw,
+    "listener": lambda raw: raw,
+}
 _PKCS12_UNSUPPORTED = "cert and key (PKCS#12 is not supported yet)"
 # CONTRACT.md: these act only with tls = "starttls" or "auto"; set on tls = "none", they warn.
 _IGNORED_WITHOUT_TLS = ("auth_requires_tls", "require_tls")
@@ -109,9 +124,9 @@ _VERSION_ORDER = tuple(TlsVersion)
 _TOML_POSITION = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)$")
 
 
-def _required(cls: type[object]) -> frozenset[str]:
-    """The dataclass fields without a default: the keys a table must have."""
-    return frozenset(
+def _required(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    """The dataclass fields without a default, in field order: the keys a table must have."""
+    return tuple(
         f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
     )
 
@@ -132,7 +147,9 @@ class _Walk:
 
     def unknown(self, path: str, key: str, known: Collection[str]) -> None:
         close = difflib.get_close_matches(key, known, n=1)
-        hint = f'a known key (did you mean "{close[0]}"?)' if close else "one of " + ", ".join(known)
+        hint = (
+            f'a known key (did you mean "{close[0]}"?)' if close else "one of " + ", ".join(known)
+        )
         self.error(_join(path, key), hint, f"unknown key {parse.render(key)}")
 
     def table(
@@ -143,7 +160,7 @@ class _Walk:
         required: Collection[str] = (),
     ) -> dict[str, object]:
         """Parse one table; returns the keys that parsed (problems recorded, not raised)."""
-        if not isinstance(raw, dict):
+        if not isinstance(raw, Mapping):
             self.error(path, "a table", parse.render(raw))
             return {}
         values: dict[str, object] = {}
@@ -154,9 +171,10 @@ class _Walk:
             try:
                 values[key] = parsers[key](value)
             except parse.Invalid as exc:
-                where = _join(path, key) + ("" if exc.index is None else f"[{exc.index}]")
-                got = value if exc.index is None else exc.item
-                self.error(where, exc.expected, parse.render(got))
+                for index, item, why in exc.items:
+                    self.error(f"{_join(path, key)}[{index}]", why.expected, parse.render(item))
+                if not exc.items:
+                    self.error(_join(path, key), exc.expected, parse.render(value))
         for key in required:
             if key not in raw:
                 self.error(_join(path, key), "a value (the key is required)", "nothing")
@@ -164,7 +182,7 @@ class _Walk:
 
     def array(self, key: str, raw: object) -> list[object]:
         """An array of tables (`[[key]]`); anything else is one problem."""
-        if isinstance(raw, list) and all(isinstance(item, dict) for item in raw):
+        if isinstance(raw, list) and all(isinstance(item, Mapping) for item in raw):
             return list(raw)
         self.error(key, f"an array of tables ([[{key}]])", parse.render(raw))
         return []
@@ -199,42 +217,42 @@ def parse_config_with_warnings(
         ConfigError: with every problem found (and the warnings found on the way).
     """
     walk = _Walk(str(source))
-    for key in data:
-        if key not in _TOP_KEYS:
-            walk.unknown("", key, _TOP_KEYS)
-    top = walk.table("", {k: v for k, v in data.items() if k == "shutdown_timeout"}, _TOP_PARSERS)
-    log = walk.table("log", data.get("log", {}), _LOG_KEYS)
-    tls = walk.table("tls", data.get("tls", {}), _TLS_KEYS)
+    top = walk.table("", data, _TOP_KEYS)
+    log = walk.table("log", top.get("log", {}), _LOG_KEYS)
+    tls = walk.table("tls", top.get("tls", {}), _TLS_KEYS)
     _check_versions(walk, tls)
     base = source.absolute().parent
     certificates = [
         _certificate(walk, f"certificate[{index}]", raw, base)
-        for index, raw in enumerate(walk.array("certificate", data.get("certificate", [])))
+        for index, raw in enumerate(walk.array("certificate", top.get("certificate", [])))
     ]
     listeners = [
         walk.table(f"listener[{index}]", raw, _LISTENER_KEYS, _required(ListenerConfig))
-        for index, raw in enumerate(walk.array("listener", data.get("listener", [])))
+        for index, raw in enumerate(walk.array("listener", top.get("listener", [])))
     ]
-    _check_listeners(walk, listeners, data.get("listener", []), have_certificates=bool(certificates))
+    if not listeners and isinstance(top.get("listener", []), list):
+        walk.error("listener", "at least one [[listener]]", "none")
+    _check_listeners(walk, listeners, have_certificates=bool(certificates))
     if walk.problems:
         raise ConfigError(walk.problems, walk.warnings)
-    config = Config(
-        source=source,
-        log=_build(LogConfig, log),
-        tls=_build(TlsSettings, tls),
-        certificates=tuple(_build(CertificateEntry, values) for values in certificates),
-        listeners=tuple(_build(ListenerConfig, values) for values in listeners),
-        **{k: v for k, v in top.items() if isinstance(v, float)},
+    settings = {key: top[key] for key in ("shutdown_timeout",) if key in top}
+    config = _build(
+        Config,
+        {
+            "source": source,
+            "log": _build(LogConfig, log),
+            "tls": _build(TlsSettings, tls),
+            "certificates": tuple(_build(CertificateEntry, values) for values in certificates),
+            "listeners": tuple(_build(ListenerConfig, values) for values in listeners),
+            **settings,
+        },
     )
     return config, walk.warnings
 
 
-_TOP_PARSERS: Mapping[str, Parser] = {"shutdown_timeout": parse.parse_duration}
-
-
 def _certificate(walk: _Walk, path: str, raw: object, base: Path) -> dict[str, object]:
     at_base = partial(parse.parse_path, base=base)
-    if isinstance(raw, dict) and "pkcs12" in raw:
+    if isinstance(raw, Mapping) and "pkcs12" in raw:
         walk.error(_join(path, "pkcs12"), _PKCS12_UNSUPPORTED, parse.render(raw["pkcs12"]))
         rest = {k: v for k, v in raw.items() if k != "pkcs12"}
         return walk.table(path, rest, {"cert": at_base, "key": at_base})
@@ -243,55 +261,68 @@ def _certificate(walk: _Walk, path: str, raw: object, base: Path) -> dict[str, o
 
 def _check_versions(walk: _Walk, tls: Mapping[str, object]) -> None:
     low, high = tls.get("min_version"), tls.get("max_version")
-    if isinstance(low, TlsVersion) and isinstance(high, TlsVersion):
-        if _VERSION_ORDER.index(low) > _VERSION_ORDER.index(high):
-            expected = f'a version no higher than tls.max_version ("{high}")'
-            walk.error("tls.min_version", expected, parse.render(str(low)))
+    if (
+        isinstance(low, TlsVersion)
+        and isinstance(high, TlsVersion)
+        and _VERSION_ORDER.index(low) > _VERSION_ORDER.index(high)
+    ):
+        expected = f'a version no higher than tls.max_version ("{high}")'
+        walk.error("tls.min_version", expected, parse.render(str(low)))
 
 
 def _check_listeners(
-    walk: _Walk,
-    listeners: Sequence[Mapping[str, object]],
-    raws: object,
-    *,
-    have_certificates: bool,
+    walk: _Walk, listeners: Sequence[Mapping[str, object]], *, have_certificates: bool
 ) -> None:
     """Rules across fields and across listeners, run on whatever keys parsed."""
-    if isinstance(raws, list) and not raws:
-        walk.error("listener", "at least one [[listener]]", "none")
-    seen_names: dict[object, int] = {}
-    seen_listen: dict[object, int] = {}
+    claimed: dict[tuple[str, object], int] = {}  # (key, identity) -> first listener index
     for index, values in enumerate(listeners):
         path = f"listener[{index}]"
-        protocol, mode = values.get("protocol"), values.get("tls")
-        if protocol is Protocol.TCP and isinstance(mode, TlsMode) and mode not in _TCP_MODES:
-            expected = " or ".join(f'"{m}"' for m in _TCP_MODES) + ' with protocol "tcp"'
-            walk.error(f"{path}.tls", expected, parse.render(str(mode)))
-        if mode in _CERTIFICATE_MODES and not have_certificates:
-            expected = '"none" (no [[certificate]] is configured)'
-            walk.error(f"{path}.tls", expected, parse.render(str(mode)))
-        if mode is TlsMode.NONE and isinstance(raws, list):
-            for key in _IGNORED_WITHOUT_TLS:
-                if key in values:
-                    expected = f'no {key} on a tls = "none" listener (it is ignored there)'
-                    walk.warn(f"{path}.{key}", expected, parse.render(raws[index][key]))
-        _unique(walk, f"{path}.name", values.get("name"), seen_names, index, "a unique name")
-        listen = values.get("listen")
-        if listen is not None and getattr(listen, "port", 0) != 0:
-            expected = "an address no other listener uses"
-            _unique(walk, f"{path}.listen", listen, seen_listen, index, expected)
+        _check_listener(walk, path, values, have_certificates=have_certificates)
+        for key, identity in _claims(values):
+            first = claimed.setdefault((key, identity), index)
+            if first != index:
+                got = f"{parse.render(str(values[key]))} (also listener[{first}])"
+                walk.error(f"{path}.{key}", _UNIQUE[key], got)
 
 
-def _unique(
-    walk: _Walk, key: str, value: object, seen: dict[object, int], index: int, expected: str
+def _check_listener(
+    walk: _Walk, path: str, values: Mapping[str, object], *, have_certificates: bool
 ) -> None:
-    if value is None:
-        return
-    if value in seen:
-        got = f"{parse.render(str(value))} (also listener[{seen[value]}])"
-        walk.error(key, expected, got)
-    else:
-        seen[value] = index
+    protocol, mode = values.get("protocol"), values.get("tls")
+    if protocol is Protocol.TCP and isinstance(mode, TlsMode) and mode not in _TCP_MODES:
+        expected = _alternatives(_TCP_MODES) + ' with protocol "tcp"'
+        walk.error(f"{path}.tls", expected, parse.render(str(mode)))
+    if mode in _CERTIFICATE_MODES and not have_certificates:
+        expected = '"none" (no [[certificate]] is configured)'
+        walk.error(f"{path}.tls", expected, parse.render(str(mode)))
+    if mode is TlsMode.NONE:
+        for key in _IGNORED_WITHOUT_TLS:
+            if key in values:
+                expected = f'no {key} on a tls = "none" listener (it is ignored there)'
+                walk.warn(f"{path}.{key}", expected, parse.render(values[key]))
+
+
+def _alternatives(modes: Sequence[TlsMode]) -> str:
+    quoted = [f'"{mode}"' for mode in modes]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+_UNIQUE = {"name": "a unique name", "listen": "an address no other listener uses"}
+
+
+def _claims(values: Mapping[str, object]) -> list[tuple[str, object]]:
+    """What a listener claims for itself alone: its name, and its address unless port 0."""
+    claims: list[tuple[str, object]] = []
+    if isinstance(name := values.get("name"), str):
+        claims.append(("name", name))
+    if isinstance(listen := values.get("listen"), Endpoint) and listen.port != 0:
+        # One key for two spellings of one address (`::1` and `0:0::1`, `Mail.` and `mail`).
+        try:
+            host = ipaddress.ip_address(listen.host).compressed
+        except ValueError:
+            host = listen.host.lower().removesuffix(".")
+        claims.append(("listen", (host, listen.port)))
+    return claims
 
 
 # ---- entry points ----------------------------------------------------------------------------

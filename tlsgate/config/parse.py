@@ -9,12 +9,12 @@ the file, the key path and the rendered value (`render`) to make the one-line me
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, time
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -42,15 +42,21 @@ class Invalid(ValueError):
 
     Attributes:
         expected: completes "expected ..." in the problem line.
-        index: for a list, the position of the offending item (the key path gets `[index]`).
-        item: that item, rendered in place of the whole value.
+        items: for a list, every bad item as (index, item, why); the loader reports each one
+            at `key[index]` and ignores `expected`.
     """
 
-    def __init__(self, expected: str, *, index: int | None = None, item: object = None) -> None:
+    def __init__(
+        self, expected: str, *, items: tuple[tuple[int, object, Invalid], ...] = ()
+    ) -> None:
         super().__init__(expected)
         self.expected = expected
-        self.index = index
-        self.item = item
+        self.items = items
+
+
+def quote(text: str) -> str:
+    """A string in double quotes, escaped as TOML (and JSON) would, never cut."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def render(value: object) -> str:
@@ -58,10 +64,10 @@ def render(value: object) -> str:
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
+        text = quote(value)
     elif isinstance(value, int | float):
         text = repr(value)
-    elif isinstance(value, datetime | date | time):
+    elif isinstance(value, datetime.date | datetime.time):  # TOML dates and times
         text = value.isoformat()
     elif isinstance(value, list):
         text = "[" + ", ".join(render(item) for item in value) + "]"
@@ -83,10 +89,12 @@ def parse_bool(value: object) -> bool:
 def parse_duration(value: object) -> float:
     """A positive, finite number of seconds; TOML integers are accepted (`idle_timeout = 300`)."""
     # bool is a subclass of int: `timeout = true` must not read as 1 second.
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value > 0 and math.isfinite(value):
-            return float(value)
-    raise Invalid("a number of seconds greater than 0")
+    expected = "a number of seconds greater than 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(expected)
+    if value > 0 and math.isfinite(value):
+        return float(value)
+    raise Invalid(expected)
 
 
 def parse_name(value: object) -> str:
@@ -205,10 +213,14 @@ def parse_networks(value: object) -> tuple[IPNetwork, ...]:
 
 
 def _items(values: list[object], parse: Callable[[object], T]) -> tuple[T, ...]:
+    """Parse every item; one `Invalid` lists all the bad ones, not just the first."""
     parsed: list[T] = []
+    bad: list[tuple[int, object, Invalid]] = []
     for index, item in enumerate(values):
         try:
             parsed.append(parse(item))
         except Invalid as exc:
-            raise Invalid(exc.expected, index=index, item=item) from None
+            bad.append((index, item, exc))
+    if bad:
+        raise Invalid(bad[0][2].expected, items=tuple(bad))
     return tuple(parsed)

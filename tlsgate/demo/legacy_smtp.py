@@ -30,6 +30,7 @@ from tlsgate.demo.wire import (
     LineReader,
     LineTooLongError,
     PeerClosedError,
+    linger_close,
 )
 
 # The SIZE the server advertises (RFC 1870) and enforces on DATA and BDAT; sendmail's
@@ -170,8 +171,9 @@ class _SmtpSession:
                     return
         except LineTooLongError:
             await self.reply("500 5.5.2 Line too long; closing connection")
+            await linger_close(self.stream)
         except trio.TooSlowError:
-            await self.reply(f"421 4.4.2 {host} Timeout waiting for command; closing connection")
+            await self.reply(f"421 4.4.2 {host} Timeout waiting for command")
         except PeerClosedError:
             return
 

@@ -25,6 +25,13 @@ RECEIVE_CHUNK_BYTES = 64 * 1024
 IDLE_TIMEOUT_SECONDS = 300.0
 
 
+# After a fatal error reply, how long to keep reading (and discarding) what the client still
+# sends. Closing a socket with unread input makes the kernel send RST, and an RST can destroy
+# the error reply before the client reads it (RFC 1122 §4.2.2.13); a short linger avoids that.
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 1024 * 1024
+
+
 class LineTooLongError(Exception):
     """A line exceeded `MAX_LINE_BYTES` without a line feed."""
 
@@ -112,6 +119,22 @@ class LineReader:
             self._pos += take
             remaining -= take
         return b"".join(parts)
+
+
+async def linger_close(stream: trio.abc.Stream) -> None:
+    """Half-close our side, then discard the peer's remaining input for a bounded time.
+
+    Call after a fatal error reply so the reply survives the close (see `LINGER_SECONDS`).
+    """
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    discarded = 0
+    with trio.move_on_after(LINGER_SECONDS):
+        while discarded < LINGER_MAX_BYTES:
+            data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+            if not data:
+                break
+            discarded += len(data)
 
 
 class StreamHandler(Protocol):

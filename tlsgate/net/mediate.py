@@ -76,6 +76,7 @@ class MediationRunner:
         self._lock = trio.Lock()
         self._client_resumed = trio.Event()
         self._switch_to_relay = False
+        self._backend_finished = False
         self._cancel_scope = trio.CancelScope()
 
     async def run(self, initial_client_data: bytes = b"") -> CloseReason:
@@ -92,7 +93,13 @@ class MediationRunner:
                     nursery.start_soon(self._read_backend)
                     nursery.start_soon(self._read_client, initial_client_data)
         except BaseExceptionGroup as group:
-            raise_first_error(group)
+            try:
+                raise_first_error(group)
+            except PeerBrokenError as exc:
+                # After the backend has said goodbye (221, +OK and close) many clients just
+                # drop the connection without a TLS close_notify: the session was complete.
+                if exc.side is not Side.CLIENT or not self._backend_finished:
+                    raise
         if self._switch_to_relay:
             await self._relay()
         return self.close_reason
@@ -118,6 +125,7 @@ class MediationRunner:
         while True:
             data = await self._receive(self.backend, Side.BACKEND)
             if not data:
+                self._backend_finished = True
                 await self._dispatch(BackendEof())
                 return
             self.bytes_from_backend += len(data)

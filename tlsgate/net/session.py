@@ -163,10 +163,9 @@ class Session:
 
     async def _receive_raw(self) -> bytes:
         try:
-            data = await self._raw.receive_some(RECEIVE_SIZE_BYTES)
+            return await self._raw.receive_some(RECEIVE_SIZE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerBrokenError(Side.CLIENT) from exc
-        return data if isinstance(data, bytes) else bytes(data)
 
     async def _start_tls(self, initial_data: bytes, deadline: float) -> TlsStream:
         assert self._context is not None, "config validation guarantees a certificate"

@@ -205,7 +205,7 @@ class SmtpServerMediator(MediatorBase[Command]):
         elif verb == _AUTH:
             self._expect_backend_reply(Command.AUTH)
             self._state = State.AWAITING_AUTH_REPLY
-        elif verb in (b"EHLO", b"HELO"):
+        elif verb == b"EHLO":  # RFC 5321 §4.1.1.1: a HELO reply carries no extensions
             self._expect_backend_reply(Command.EHLO)
         else:
             self._expect_backend_reply(Command.OTHER)

@@ -1,0 +1,45 @@
+"""Fixtures shared by every test: a trustme CA and a server certificate on disk."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+from hypothesis import settings
+
+settings.register_profile("fast", max_examples=50, deadline=None)
+settings.register_profile("deep", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    ca: trustme.CA
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return context
+
+
+@pytest.fixture(scope="session")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
+    directory = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1", "::1", "mail.example.test")
+    ca_file = directory / "ca.pem"
+    cert_file = directory / "cert.pem"
+    key_file = directory / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server.private_key_pem.write_to_path(str(key_file))
+    key_file.chmod(0o600)
+    with cert_file.open("wb") as out:
+        for blob in server.cert_chain_pems:
+            out.write(blob.bytes())
+    return CertFiles(ca, ca_file, cert_file, key_file)

@@ -1,0 +1,517 @@
+"""TlsStream: tlsgate's TLS layer, a trio stream over `ssl.SSLObject` and two `MemoryBIO`s.
+
+Why not `trio.SSLStream`: it returns at most one 16 KiB record per `receive_some`, refills its
+BIO in small steps under a lock, and cannot half-close. For a relay that halves client-to-backend
+throughput (see PERFORMANCE.md). This class does what that document measured instead.
+
+Theory of operation:
+
+- OpenSSL only ever talks to the two memory BIOs. Ciphertext from the transport goes into
+  `_incoming`; whatever OpenSSL wants on the wire (records, alerts, tickets, KeyUpdate replies)
+  appears in `_outgoing`, and we move it to the transport.
+- `receive_some` makes ONE large transport read (`RECEIVE_SIZE_BYTES`), feeds it to the BIO
+  once, then decrypts every complete record (up to `max_bytes`) and returns them joined. It
+  only reads the transport again when nothing at all could be decrypted. Plaintext beyond
+  `max_bytes` is not copied anywhere: it stays in OpenSSL's record buffer and its ciphertext in
+  the BIO, and the next call decrypts it before touching the transport.
+- `send_all` encrypts everything (in `SEND_CHUNK_BYTES` slices, so a huge buffer does not become
+  a huge ciphertext copy), then makes one transport `send_all` per slice.
+- Two tasks may need the transport's send side at once: a sender, and a receiver that must
+  flush a KeyUpdate reply or a TLS 1.2 renegotiation message. Both go through `_send_lock`, and
+  the outgoing BIO is read only while holding it, so records reach the wire in the order
+  OpenSSL produced them. Uncontended, taking the lock costs no extra checkpoint.
+- `send_eof` writes close_notify and shuts the transport's write side; receiving continues,
+  which is the half-close `SSLStream` lacks: the peer's last replies still arrive.
+- A transport send that fails or is cancelled midway leaves an unknown part of a record on the
+  wire, so the stream is BROKEN from then on (as in `trio.SSLStream`). Cancellation is checked
+  before encrypting, so a send cancelled before it starts leaves the stream usable.
+
+The per-chunk path has no logging and no metrics: callers count bytes in locals and publish
+them when the connection closes (PERFORMANCE.md §3). Errors are classified once, here:
+handshake failures become `TlsHandshakeError`, everything else `trio.BrokenResourceError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import operator
+import ssl
+import sys
+from typing import Final
+
+import trio
+from trio.abc import HalfCloseableStream, Stream
+
+from tlsgate.tls.failures import TlsHandshakeError, classify_ssl_error, ssl_error_detail
+
+__all__ = ["RECEIVE_SIZE_BYTES", "TlsStream"]
+
+# One transport read per receive_some. 256 KiB is what PERFORMANCE.md measured at stunnel's
+# throughput: 16 records per wake-up instead of one. The buffer exists only for the duration of
+# the read (the transport allocates it and shrinks it to what arrived); idle connections hold
+# nothing, and a preallocated per-connection buffer bought ~5% at 9x the idle memory.
+RECEIVE_SIZE_BYTES: Final = 256 * 1024
+# Handshake flights are a few KiB; 64 KiB covers any certificate chain in one read, and was
+# the handshake-rate variant measured at 0.96x stunnel.
+HANDSHAKE_RECEIVE_SIZE_BYTES: Final = 64 * 1024
+# RFC 8446 §5.1 / RFC 5246 §6.2.1: a record carries at most 2^14 bytes of plaintext, and
+# SSL_read returns at most one record per call, so this is the right size for each read.
+MAX_RECORD_PLAINTEXT_BYTES: Final = 16 * 1024
+# Bound on the ciphertext one send_all builds up before writing it out: same size as a read.
+SEND_CHUNK_BYTES: Final = 256 * 1024
+# aclose() sends close_notify as a courtesy. It is 24-31 bytes, so it only blocks if the peer
+# stopped reading and the socket buffer is full; then we give up and close anyway.
+CLOSE_NOTIFY_TIMEOUT_SECONDS: Final = 1.0
+
+_UNLIMITED: Final = sys.maxsize
+
+
+class _State(enum.Enum):
+    OPEN = enum.auto()
+    BROKEN = enum.auto()
+    CLOSED = enum.auto()
+
+
+class TlsStream(HalfCloseableStream):
+    """A TLS connection over any trio stream (normally a `trio.SocketStream`).
+
+    Args:
+        transport: the stream carrying ciphertext.
+        context: built once per certificate set (PERFORMANCE.md §5).
+        server_side: whether we answer the handshake.
+        server_hostname: SNI and verification name when we are the client.
+        initial_data: ciphertext already read off `transport` (by the sniffer, say); it is fed to
+            OpenSSL before anything read later.
+    """
+
+    __slots__ = (
+        "_closed_abruptly",
+        "_eof_received",
+        "_eof_sent",
+        "_first_bytes",
+        "_handshake_done",
+        "_incoming",
+        "_outgoing",
+        "_pending",
+        "_receiving",
+        "_send_lock",
+        "_sending",
+        "_ssl",
+        "_state",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        transport: Stream,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+        initial_data: bytes | bytearray = b"",
+    ) -> None:
+        self._transport = transport
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(
+            self._incoming,
+            self._outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+        )
+        if initial_data:
+            self._incoming.write(initial_data)
+        # Kept until the handshake ends, to tell plaintext from a version mismatch.
+        self._first_bytes = bytes(initial_data[:2])
+        self._state = _State.OPEN
+        self._handshake_done = False
+        self._send_lock = trio.Lock()
+        self._sending = False
+        self._receiving = False
+        self._eof_sent = False
+        self._eof_received = False
+        self._closed_abruptly = False
+        # Plaintext that was decrypted but not returned yet; only send_eof ever fills it.
+        self._pending = b""
+
+    @property
+    def transport_stream(self) -> Stream:
+        """The stream carrying the ciphertext."""
+        return self._transport
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The OpenSSL connection: `version()`, `cipher()`, `server_hostname`, certificates."""
+        return self._ssl
+
+    @property
+    def closed_abruptly(self) -> bool:
+        """True once the transport reached EOF without the peer's close_notify."""
+        return self._closed_abruptly
+
+    async def do_handshake(self) -> None:
+        """Run the handshake, or return at once (after a checkpoint) if it is done.
+
+        Callers bound it with `trio.fail_after`. Other methods call it when needed.
+
+        Raises:
+            TlsHandshakeError: OpenSSL refused the handshake, or the peer closed during it.
+            trio.BrokenResourceError: the transport failed, or an earlier handshake did.
+        """
+        if self._handshake_done:
+            await trio.lowlevel.checkpoint()
+            return
+        self._check_can_receive()
+        async with self._send_lock:
+            try:
+                await self._handshake_locked()
+            except BaseException:
+                self._mark_broken()
+                raise
+
+    async def _handshake_locked(self) -> None:
+        if self._handshake_done:  # another task finished it while we waited for the lock
+            return
+        while True:
+            try:
+                self._ssl.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError as exc:
+                await self._send_alert_best_effort()
+                failure = classify_ssl_error(exc, first_bytes=self._first_bytes)
+                raise TlsHandshakeError(failure, ssl_error_detail(exc)) from exc
+            # Servers finish with NewSessionTicket messages queued; clients with Finished.
+            if self._outgoing.pending:
+                await self._transport_send(self._outgoing.read())
+            if done:
+                self._handshake_done = True
+                self._first_bytes = b""
+                return
+            data = await self._transport_receive(HANDSHAKE_RECEIVE_SIZE_BYTES)
+            if not data:
+                # OpenSSL then raises SSLEOFError, which classifies as EOF.
+                self._incoming.write_eof()
+                continue
+            if len(self._first_bytes) < 2:
+                self._first_bytes = (self._first_bytes + data)[:2]
+            self._incoming.write(data)
+
+    async def _send_alert_best_effort(self) -> None:
+        # The alert tells the peer why (unknown_ca, protocol_version, ...). The transport may
+        # already be gone; the caller's handshake deadline bounds the wait.
+        alert = self._outgoing.read()
+        if alert:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._transport.send_all(alert)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return every record that can be decrypted, up to `max_bytes`, as one chunk.
+
+        Returns b"" at the peer's close_notify and at transport EOF; in the second case
+        `closed_abruptly` becomes True.
+
+        Raises:
+            trio.BusyResourceError: another task is receiving.
+            trio.ClosedResourceError: this stream was closed.
+            trio.BrokenResourceError: the transport failed, or a record did not decrypt.
+            TlsHandshakeError: the implicit handshake failed.
+        """
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this TlsStream")
+        self._receiving = True
+        try:
+            if max_bytes is None:
+                limit = _UNLIMITED
+            else:
+                limit = operator.index(max_bytes)
+                if limit < 1:
+                    raise ValueError("max_bytes must be >= 1")
+            self._check_can_receive()
+            if not self._handshake_done:
+                await self.do_handshake()
+            if self._pending:
+                data, self._pending = self._pending[:limit], self._pending[limit:]
+                await trio.lowlevel.checkpoint()
+                return data
+            if self._eof_received:
+                await trio.lowlevel.checkpoint()
+                return b""
+            yielded = False
+            while True:
+                # Records left from a call that hit max_bytes come before any new read.
+                if self._incoming.pending or self._ssl.pending():
+                    decrypted = self._decrypt(limit)
+                    if self._outgoing.pending:  # a KeyUpdate reply, a renegotiation message
+                        await self._flush()
+                        yielded = True
+                    if decrypted is not None:
+                        if not yielded:
+                            await trio.lowlevel.checkpoint()
+                        return decrypted
+                ciphertext = await self._transport_receive(RECEIVE_SIZE_BYTES)
+                yielded = True
+                if not ciphertext:
+                    self._eof_received = True
+                    self._closed_abruptly = True
+                    return b""
+                self._incoming.write(ciphertext)
+        finally:
+            self._receiving = False
+
+    def _decrypt(self, limit: int) -> bytes | None:
+        """Read records until OpenSSL wants more ciphertext; None if not even one was ready."""
+        read = self._ssl.read
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            while total < limit:
+                chunk = read(min(limit - total, MAX_RECORD_PLAINTEXT_BYTES))
+                if not chunk:
+                    # Python reports the peer's close_notify as b"" while we have not sent
+                    # ours, and as SSLZeroReturnError once we have.
+                    self._eof_received = True
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            self._eof_received = True
+        except ssl.SSLError as exc:
+            self._mark_broken()
+            raise trio.BrokenResourceError(f"TLS receive failed: {ssl_error_detail(exc)}") from exc
+        if not chunks:
+            return b"" if self._eof_received else None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt all of `data` and write it to the transport.
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.ClosedResourceError: this stream was closed, or `send_eof` was called.
+            trio.BrokenResourceError: the transport failed (or an earlier send did).
+            TlsHandshakeError: the implicit handshake failed.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this TlsStream")
+        self._sending = True
+        try:
+            self._check_can_send()
+            if not self._handshake_done:
+                await self.do_handshake()
+            # Once records are in the outgoing BIO they must reach the wire, so a cancellation
+            # is taken here, before encrypting, where it costs nothing.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if len(data) <= SEND_CHUNK_BYTES:
+                self._encrypt(data)
+                await self._flush()
+                return
+            with memoryview(data) as view:
+                for start in range(0, len(view), SEND_CHUNK_BYTES):
+                    with view[start : start + SEND_CHUNK_BYTES] as chunk:
+                        self._encrypt(chunk)
+                    await self._flush()
+        finally:
+            self._sending = False
+
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+        remaining = len(data)
+        if not remaining:
+            return  # SSLObject.write(b"") is not a no-op; an empty send_all must be
+        try:
+            written = self._ssl.write(data)
+            # Python never enables SSL_MODE_ENABLE_PARTIAL_WRITE and a memory BIO never
+            # fills, so this loop does not run today; it guards against either changing.
+            while written < remaining:
+                data = memoryview(data)[written:]
+                remaining -= written
+                written = self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._mark_broken()
+            raise trio.BrokenResourceError(f"TLS send failed: {ssl_error_detail(exc)}") from exc
+
+    async def send_eof(self) -> None:
+        """Send close_notify, then shut the transport's write side if it can half-close.
+
+        Receiving keeps working afterwards. Calling it again does nothing.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this TlsStream")
+        self._sending = True
+        try:
+            if self._state is _State.CLOSED:
+                raise trio.ClosedResourceError("this TlsStream is closed")
+            if self._eof_sent:
+                await trio.lowlevel.checkpoint()
+                return
+            self._check_can_send()
+            if not self._handshake_done:
+                await self.do_handshake()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._eof_sent = True
+            self._write_close_notify()
+            await self._flush()
+            if isinstance(self._transport, HalfCloseableStream):
+                async with self._send_lock:
+                    await self._transport_send_eof(self._transport)
+        finally:
+            self._sending = False
+
+    def _write_close_notify(self) -> None:
+        """Queue close_notify in the outgoing BIO without losing records not yet read."""
+        # SSLObject.unwrap() calls SSL_shutdown() twice: the first call writes close_notify,
+        # the second tries to read the peer's. That read would consume records already in the
+        # incoming BIO, and OpenSSL 3 fails them with APPLICATION_DATA_AFTER_CLOSE_NOTIFY: the
+        # caller's data would be lost. So the plaintext of a half-returned record moves to
+        # `_pending`, the unread ciphertext steps out of the BIO for the call, and the second
+        # SSL_shutdown() finds nothing and reports SSLWantReadError, which we expect: we do not
+        # wait for the peer's close_notify (that is the point of a half-close).
+        buffered = self._ssl.pending()
+        if buffered:
+            self._pending += self._ssl.read(buffered)
+        parked = self._incoming.read()
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            self._mark_broken()
+            raise trio.BrokenResourceError(f"TLS close failed: {ssl_error_detail(exc)}") from exc
+        finally:
+            if parked:
+                self._incoming.write(parked)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the transport could take more data (see `trio.abc.SendStream`)."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this TlsStream")
+        self._sending = True
+        try:
+            self._check_can_send()
+            async with self._send_lock:
+                try:
+                    await self._transport.wait_send_all_might_not_block()
+                except trio.ClosedResourceError as exc:
+                    if self._state is _State.CLOSED:
+                        raise
+                    raise self._broken_by_close() from exc
+        finally:
+            self._sending = False
+
+    async def aclose(self) -> None:
+        """Send close_notify if still possible (without waiting long), then close the transport.
+
+        Never raises because the transport is already broken.
+        """
+        if self._state is _State.CLOSED:
+            await trio.lowlevel.checkpoint()
+            return
+        # If another task is mid-send we cannot add a record without interleaving; and a broken
+        # or half-done stream has no meaningful close_notify to give.
+        courtesy = (
+            self._state is _State.OPEN
+            and self._handshake_done
+            and not self._eof_sent
+            and not self._send_lock.locked()
+        )
+        self._state = _State.CLOSED
+        try:
+            if courtesy:
+                self._eof_sent = True
+                await self._send_close_notify_best_effort()
+        finally:
+            await self._transport.aclose()
+
+    async def _send_close_notify_best_effort(self) -> None:
+        try:
+            self._write_close_notify()
+        except trio.BrokenResourceError:
+            return
+        data = self._outgoing.read()
+        self._send_lock.acquire_nowait()  # free: aclose() checked, and nothing awaited since
+        try:
+            with trio.move_on_after(CLOSE_NOTIFY_TIMEOUT_SECONDS):
+                await self._transport.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._send_lock.release()
+
+    # ---- transport access and state: the only places that translate transport errors ----
+
+    async def _flush(self) -> None:
+        """Send whatever the outgoing BIO holds. Always a checkpoint."""
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()  # the common case: no scheduling round trip
+        try:
+            # Read the BIO only while holding the lock, so whoever sends, sends in BIO order.
+            data = self._outgoing.read()
+            if data:
+                await self._transport_send(data)
+            else:
+                await trio.lowlevel.checkpoint()
+        finally:
+            lock.release()
+
+    async def _transport_send(self, data: bytes) -> None:
+        try:
+            await self._transport.send_all(data)
+        except trio.ClosedResourceError as exc:
+            if self._state is _State.CLOSED:  # our own aclose(), from another task
+                raise
+            raise self._broken_by_close() from exc
+        except BaseException:
+            # Cancelled or failed midway: an unknown part of a record is on the wire.
+            self._mark_broken()
+            raise
+
+    async def _transport_send_eof(self, transport: HalfCloseableStream) -> None:
+        try:
+            await transport.send_eof()
+        except trio.ClosedResourceError as exc:
+            if self._state is _State.CLOSED:  # our own aclose(), from another task
+                raise
+            raise self._broken_by_close() from exc
+        except trio.BrokenResourceError:
+            self._mark_broken()
+            raise
+
+    async def _transport_receive(self, max_bytes: int) -> bytes | bytearray:
+        # A cancelled receive loses nothing, so only failures change the state.
+        try:
+            return await self._transport.receive_some(max_bytes)
+        except trio.ClosedResourceError as exc:
+            if self._state is _State.CLOSED:  # our own aclose(), from another task
+                raise
+            raise self._broken_by_close() from exc
+        except trio.BrokenResourceError:
+            self._mark_broken()
+            raise
+
+    def _broken_by_close(self) -> trio.BrokenResourceError:
+        # Someone other than our aclose() closed the transport: that broke this stream.
+        self._mark_broken()
+        return trio.BrokenResourceError("the transport was closed underneath the TLS stream")
+
+    def _mark_broken(self) -> None:
+        if self._state is _State.OPEN:
+            self._state = _State.BROKEN
+
+    def _check_can_receive(self) -> None:
+        if self._state is _State.CLOSED:
+            raise trio.ClosedResourceError("this TlsStream is closed")
+        if self._state is _State.BROKEN:
+            raise trio.BrokenResourceError("this TlsStream is broken")
+
+    def _check_can_send(self) -> None:
+        if self._state is _State.CLOSED or self._eof_sent:
+            raise trio.ClosedResourceError("this TlsStream is closed for sending")
+        if self._state is _State.BROKEN:
+            raise trio.BrokenResourceError("this TlsStream is broken")
