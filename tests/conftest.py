@@ -8,8 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 import trustme
 from hypothesis import settings
+
+# Sessions running in background threads log through structlog's defaults; tests assert on
+# logs with `structlog.testing.capture_logs()`, which works whatever the factory.
+structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
 
 settings.register_profile("fast", max_examples=50, deadline=None)
 settings.register_profile("deep", max_examples=2000, deadline=None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +61,7 @@ def _dead_port() -> int:
 
 @contextmanager
 def running_gateway(
-    listeners: list[ListenerSpec],
+    listeners: Sequence[ListenerSpec],
     *,
     cert_file: Path,
     key_file: Path,
@@ -69,11 +69,12 @@ def running_gateway(
     source: Path,
     extra: Mapping[str, object] | None = None,
     smtp_options: Mapping[str, object] | None = None,
+    pop3_options: Mapping[str, object] | None = None,
 ) -> Iterator[Gateway]:
     """Start backends and tlsgate on free loopback ports; stop both on exit."""
     store = MailStore()
     smtp = LegacySmtpServer(store, **(smtp_options or {}))  # type: ignore[arg-type]
-    pop3 = LegacyPop3Server(store)
+    pop3 = LegacyPop3Server(store, **(pop3_options or {}))  # type: ignore[arg-type]
     pop3_no_capa = LegacyPop3Server(store, capa=False)
     ready: queue.Queue[Gateway | BaseException] = queue.Queue()
     stop: list[Callable[[], None]] = []

@@ -42,6 +42,7 @@ from tlsgate.protocol.io_types import (
 
 __all__ = [
     "Script",
+    "Segment",
     "assert_outputs",
     "backend_bytes",
     "client_bytes",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 import shutil
 import ssl
 import subprocess
@@ -21,6 +22,7 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers.hello import client_hello
 from tlsgate.net.tls_stream import TlsStream
 from tlsgate.observe.events import HandshakeFailure
 from tlsgate.sniff import Verdict, classify
@@ -485,20 +487,31 @@ async def test_server_classifies_what_is_not_a_client_hello(
 
 @pytest.mark.parametrize("cut", [1, 5, 60])
 async def test_peer_closing_mid_hello_is_eof(version: ssl.TLSVersion, cut: int) -> None:
-    peer_transport, our_transport = trio.testing.memory_stream_pair()
-    peer = _client(_client_context(version), peer_transport, SERVER_NAME)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_attempt_handshake, peer)
-        first = await our_transport.receive_some(cut)
-        nursery.cancel_scope.cancel()
-    await peer.aclose()  # the client gives up after `cut` bytes of its hello
-    server = TlsStream(our_transport, _server_context(), server_side=True, initial_data=first)
+    hello = client_hello(version)
+    peer, ours = trio.testing.memory_stream_pair()
+    # The sniffer took the first byte; the client sends a little more and gives up.
+    server = TlsStream(ours, _server_context(), server_side=True, initial_data=hello[:1])
+    await peer.send_all(hello[1:cut])
+    await peer.send_eof()
     with trio.fail_after(TIMEOUT_SECONDS), pytest.raises(TlsHandshakeError) as caught:
         await server.do_handshake()
     assert (caught.value.failure, caught.value.detail) == (
         HandshakeFailure.EOF,
         "UNEXPECTED_EOF_WHILE_READING",
     )
+    await server.aclose()
+    await peer.aclose()
+
+
+async def test_peer_leaving_before_our_reply_is_eof(version: ssl.TLSVersion) -> None:
+    peer, ours = trio.testing.memory_stream_pair()
+    server = TlsStream(ours, _server_context(), server_side=True)
+    await peer.send_all(client_hello(version))
+    await peer.aclose()  # our ServerHello will find the connection gone
+    with trio.fail_after(TIMEOUT_SECONDS), pytest.raises(TlsHandshakeError) as caught:
+        await server.do_handshake()
+    assert (caught.value.failure, caught.value.detail) == (HandshakeFailure.EOF, "TRANSPORT_BROKEN")
+    assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
     await server.aclose()
 
 
@@ -555,12 +568,17 @@ class _Tool:
         await self.process.stdin.send_all(line)
 
     async def wait_for(self, text: bytes) -> None:
+        await self.wait_for_match(re.escape(text))
+
+    async def wait_for_match(self, pattern: bytes) -> bytes:
+        """Read output until `pattern` matches; return its first group (or the whole match)."""
         assert self.process.stdout is not None
         with trio.fail_after(TIMEOUT_SECONDS):
-            while text not in self.output:
+            while (match := re.search(pattern, self.output)) is None:
                 chunk = await self.process.stdout.receive_some()
-                assert chunk, f"openssl exited before printing {text!r}: {bytes(self.output)!r}"
+                assert chunk, f"openssl exited before {pattern!r}: {bytes(self.output)!r}"
                 self.output += chunk
+        return match.group(1) if match.groups() else match.group(0)
 
     async def end_input(self) -> None:
         assert self.process.stdin is not None
@@ -586,6 +604,38 @@ async def _start_tool(*args: str) -> _Tool:
     return _Tool(process)
 
 
+# With -msg the tools log every handshake message; this line is the peer receiving our
+# KeyUpdate, which OpenSSL queues while it processes the peer's KeyUpdate(update_requested).
+PEER_GOT_OUR_KEY_UPDATE = b"<<< TLS 1.3, Handshake [length 0005], KeyUpdate"
+
+
+async def _receive_into(stream: TlsStream, received: list[bytes]) -> None:
+    received.append(await stream.receive_some())
+
+
+async def _s_client_session(tool: _Tool, server: TlsStream, key_update: bool) -> None:
+    await server.do_handshake()
+    await tool.type(b"hello one\n")
+    assert await server.receive_some() == b"hello one\n"
+    await server.send_all(b"pong one\n")
+    await tool.wait_for(b"pong one")
+    received: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_receive_into, server, received)
+        if key_update:
+            # "K": a KeyUpdate asking us to update too. We are only receiving, so our
+            # reply can only have come from receive_some flushing the outgoing BIO.
+            await tool.type(b"K\n")
+            await tool.wait_for(PEER_GOT_OUR_KEY_UPDATE)
+        await tool.type(b"hello two\n")
+    assert received == [b"hello two\n"]
+    await server.send_all(b"pong two\n")  # under our new keys, for TLS 1.3
+    await tool.wait_for(b"pong two")
+    await tool.end_input()
+    assert await server.receive_some() == b""  # s_client sends close_notify at EOF
+    assert not server.closed_abruptly
+
+
 @needs_openssl
 @pytest.mark.parametrize(("flag", "key_update"), [("-tls1_3", True), ("-tls1_2", False)])
 async def test_openssl_s_client_talks_to_our_server(
@@ -596,33 +646,34 @@ async def test_openssl_s_client_talks_to_our_server(
     port = listeners[0].socket.getsockname()[1]
     tool = await _start_tool(
         "s_client", "-connect", f"127.0.0.1:{port}", "-servername", SERVER_NAME,
-        "-CAfile", str(ca_file), "-verify_return_error", flag,
+        "-CAfile", str(ca_file), "-verify_return_error", "-msg", flag,
     )  # fmt: skip
     try:
         with trio.fail_after(TIMEOUT_SECONDS):
-            server = TlsStream(await listeners[0].accept(), _server_context(), server_side=True)
-            await server.do_handshake()
-            await tool.type(b"hello one\n")
-            assert await server.receive_some() == b"hello one\n"
-            await server.send_all(b"pong one\n")
-            await tool.wait_for(b"pong one")
-            if key_update:
-                # "K": s_client sends a KeyUpdate that asks us to update our keys too. Our
-                # reply goes out from receive_some; the next records use the new keys.
-                await tool.type(b"K\n")
-                await tool.wait_for(b"KEYUPDATE")
-            await tool.type(b"hello two\n")
-            assert await server.receive_some() == b"hello two\n"
-            await server.send_all(b"pong two\n")
-            await tool.wait_for(b"pong two")
-            await tool.end_input()
-            assert await server.receive_some() == b""  # s_client sends close_notify at EOF
-            assert not server.closed_abruptly
-            await server.aclose()
+            transport = await listeners[0].accept()
+            async with TlsStream(transport, _server_context(), server_side=True) as server:
+                await _s_client_session(tool, server, key_update)
     finally:
         await tool.close()
         for listener in listeners:
             await listener.aclose()
+
+
+async def _s_server_session(tool: _Tool, client: TlsStream) -> None:
+    await client.do_handshake()
+    await client.send_all(b"hello server\n")
+    await tool.wait_for(b"hello server")
+    received: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_receive_into, client, received)
+        await tool.type(b"K\n")  # s_server: KeyUpdate(update_requested)
+        await tool.wait_for(PEER_GOT_OUR_KEY_UPDATE)
+        await tool.type(b"after update\n")
+    assert received == [b"after update\n"]
+    await client.send_all(b"we updated too\n")
+    await tool.wait_for(b"we updated too")
+    await client.send_eof()
+    await tool.wait_for(b"CLOSED")
 
 
 @needs_openssl
@@ -632,29 +683,13 @@ async def test_our_client_talks_to_openssl_s_server_through_a_key_update(
     _, server_file = pem_files
     tool = await _start_tool(
         "s_server", "-accept", "127.0.0.1:0", "-cert", str(server_file), "-naccept", "1",
-        "-tls1_3",
+        "-tls1_3", "-msg",
     )  # fmt: skip
     try:
-        await tool.wait_for(b"ACCEPT 127.0.0.1:")
-        await tool.wait_for(b"\n")
-        port = int(bytes(tool.output).split(b"ACCEPT 127.0.0.1:")[1].split()[0])
+        port = int(await tool.wait_for_match(rb"ACCEPT 127\.0\.0\.1:(\d+)\r?\n"))
         with trio.fail_after(TIMEOUT_SECONDS):
             tcp = await trio.open_tcp_stream("127.0.0.1", port)
-            client = _client(_client_context(ssl.TLSVersion.TLSv1_3), tcp, SERVER_NAME)
-            await client.do_handshake()
-            await client.send_all(b"hello server\n")
-            await tool.wait_for(b"hello server")
-            # "K": s_server sends KeyUpdate(update_requested); we must answer it from
-            # receive_some, or s_server cannot read what we send next.
-            await tool.type(b"K\n")
-            await tool.type(b"after update\n")
-            received = b""
-            while b"after update\n" not in received:
-                received += await client.receive_some()
-            await client.send_all(b"we updated too\n")
-            await tool.wait_for(b"we updated too")
-            await client.send_eof()
-            await tool.wait_for(b"CLOSED")
-            await client.aclose()
+            async with _client(_client_context(ssl.TLSVersion.TLSv1_3), tcp, SERVER_NAME) as client:
+                await _s_server_session(tool, client)
     finally:
         await tool.close()

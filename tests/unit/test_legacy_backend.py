@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import poplib
 import re
 import smtplib
@@ -18,6 +19,8 @@ from typing import TypeVar
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tlsgate.demo.legacy import (
     LegacyPop3Server,
@@ -359,6 +362,54 @@ async def test_idle_smtp_session_gets_421(autojump_clock: trio.testing.MockClock
     assert received.startswith(b"220 ")
     assert received.endswith(b"421 4.4.2 legacy.localdomain Timeout waiting for command\r\n")
     assert trio.current_time() == pytest.approx(300.0)
+
+
+SPLIT_SESSION = (
+    b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<demo@x>\r\nDATA\r\n"
+    b"..dot\r\nbare lf\n.\r\n"
+    b"MAIL FROM:<a@b>\r\nRCPT TO:<demo@x>\r\nBDAT 9 LAST\r\nab\r\n.QUIT"
+    b"AUTH PLAIN\r\n=\r\nNOOP\nQUIT\r\n"
+)
+
+
+async def _run_split(cuts: list[int]) -> tuple[bytes, list[list[bytes]], list[bytes]]:
+    server = LegacySmtpServer()
+    client, server_end = trio.testing.memory_stream_pair()
+    bounds = [0, *sorted(cuts), len(SPLIT_SESSION)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle, server_end)
+        for start, end in itertools.pairwise(bounds):
+            await client.send_all(SPLIT_SESSION[start:end])
+            await trio.testing.wait_all_tasks_blocked()
+    replies = bytes(await client.receive_some())
+    return replies, server.transcript, [m.body for m in server.store.messages]
+
+
+@settings(max_examples=50, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(SPLIT_SESSION)), max_size=len(SPLIT_SESSION)))
+async def test_session_outcome_does_not_depend_on_how_bytes_are_split(cuts: list[int]) -> None:
+    # h11's rule: the same byte stream, whole or cut anywhere (down to single bytes), must give
+    # the same replies, the same transcript and the same stored mail.
+    whole = await _run_split([])
+    assert await _run_split(cuts) == whole
+    assert whole[2] == [b".dot\r\nbare lf\n", b"ab\r\n.QUIT"]
+    assert whole[0].endswith(
+        b"501 5.5.2 Cannot decode AUTH parameter\r\n250 2.0.0 OK\r\n"
+        b"221 2.0.0 legacy.localdomain closing connection\r\n"
+    )
+
+
+async def test_single_byte_writes_give_the_same_outcome() -> None:
+    assert await _run_split(list(range(len(SPLIT_SESSION)))) == await _run_split([])
+
+
+async def test_pop3_overlong_line_gets_err_and_close(backend: Backend) -> None:
+    client = await RawClient.connect(backend.pop3_port)
+    await client.line()
+    await client.send(b"USER " + b"x" * (64 * 1024) + b"\r\n")
+    assert await client.line() == b"-ERR line too long; closing connection"
+    assert await client.at_eof()
+    await client.aclose()
 
 
 # --- POP3 -------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import Final
 import trio
 from trio.abc import HalfCloseableStream, Stream
 
+from tlsgate.observe.events import HandshakeFailure
 from tlsgate.tls.failures import TlsHandshakeError, classify_ssl_error, ssl_error_detail
 
 __all__ = ["RECEIVE_SIZE_BYTES", "TlsStream"]
@@ -63,6 +64,9 @@ SEND_CHUNK_BYTES: Final = 256 * 1024
 # aclose() sends close_notify as a courtesy. It is 24-31 bytes, so it only blocks if the peer
 # stopped reading and the socket buffer is full; then we give up and close anyway.
 CLOSE_NOTIFY_TIMEOUT_SECONDS: Final = 1.0
+
+# TlsHandshakeError.detail when the transport, not OpenSSL, ended the handshake.
+TRANSPORT_BROKEN_DETAIL: Final = "TRANSPORT_BROKEN"
 
 _UNLIMITED: Final = sys.maxsize
 
@@ -87,6 +91,7 @@ class TlsStream(HalfCloseableStream):
 
     __slots__ = (
         "_closed_abruptly",
+        "_delayed_outgoing",
         "_eof_received",
         "_eof_sent",
         "_first_bytes",
@@ -134,6 +139,8 @@ class TlsStream(HalfCloseableStream):
         self._closed_abruptly = False
         # Plaintext that was decrypted but not returned yet; only send_eof ever fills it.
         self._pending = b""
+        # Server-side TLS 1.3 session tickets, held until our first send (see the handshake).
+        self._delayed_outgoing = b""
 
     @property
     def transport_stream(self) -> Stream:
@@ -156,8 +163,10 @@ class TlsStream(HalfCloseableStream):
         Callers bound it with `trio.fail_after`. Other methods call it when needed.
 
         Raises:
-            TlsHandshakeError: OpenSSL refused the handshake, or the peer closed during it.
-            trio.BrokenResourceError: the transport failed, or an earlier handshake did.
+            TlsHandshakeError: OpenSSL refused the handshake, or the peer closed or reset the
+                connection during it (failure EOF).
+            trio.BrokenResourceError: an earlier handshake or transfer failed.
+            trio.ClosedResourceError: this stream was closed.
         """
         if self._handshake_done:
             await trio.lowlevel.checkpoint()
@@ -166,6 +175,11 @@ class TlsStream(HalfCloseableStream):
         async with self._send_lock:
             try:
                 await self._handshake_locked()
+            except trio.BrokenResourceError as exc:
+                self._mark_broken()
+                # A reset, or a write to a connection the peer already closed, is the peer
+                # leaving mid-handshake: the same class of failure as a clean EOF.
+                raise TlsHandshakeError(HandshakeFailure.EOF, TRANSPORT_BROKEN_DETAIL) from exc
             except BaseException:
                 self._mark_broken()
                 raise
@@ -183,8 +197,13 @@ class TlsStream(HalfCloseableStream):
                 await self._send_alert_best_effort()
                 failure = classify_ssl_error(exc, first_bytes=self._first_bytes)
                 raise TlsHandshakeError(failure, ssl_error_detail(exc)) from exc
-            # Servers finish with NewSessionTicket messages queued; clients with Finished.
-            if self._outgoing.pending:
+            if done and self._ssl.server_side and self._ssl.version() == "TLSv1.3":
+                # OpenSSL queues the TLS 1.3 NewSessionTicket messages as the server's handshake
+                # ends. Sending them now can deadlock against a client that is not reading yet
+                # (openssl/openssl#7948, #7967; trio's SSLStream does the same): they go out in
+                # front of our first record instead.
+                self._delayed_outgoing = self._outgoing.read()
+            elif self._outgoing.pending:
                 await self._transport_send(self._outgoing.read())
             if done:
                 self._handshake_done = True
@@ -283,9 +302,25 @@ class TlsStream(HalfCloseableStream):
         except ssl.SSLError as exc:
             self._mark_broken()
             raise trio.BrokenResourceError(f"TLS receive failed: {ssl_error_detail(exc)}") from exc
+        if not self._eof_sent:
+            self._queue_key_update_reply()
         if not chunks:
             return b"" if self._eof_received else None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _queue_key_update_reply(self) -> None:
+        # RFC 8446 §4.6.3: a KeyUpdate(update_requested) must be answered before our next
+        # application data, and OpenSSL writes that answer only from SSL_write. An empty write
+        # (SSL_write_ex(3): "will not send application data to the peer") moves it into the
+        # outgoing BIO now, so a connection that only receives still answers at once; with
+        # nothing to answer it writes nothing. One C call per receive, not per record.
+        try:
+            self._ssl.write(b"")
+        except ssl.SSLWantReadError:
+            pass  # a TLS 1.2 renegotiation in progress: its messages are already queued
+        except ssl.SSLError as exc:
+            self._mark_broken()
+            raise trio.BrokenResourceError(f"TLS receive failed: {ssl_error_detail(exc)}") from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt all of `data` and write it to the transport.
@@ -431,7 +466,7 @@ class TlsStream(HalfCloseableStream):
             self._write_close_notify()
         except trio.BrokenResourceError:
             return
-        data = self._outgoing.read()
+        data = self._take_outgoing()
         self._send_lock.acquire_nowait()  # free: aclose() checked, and nothing awaited since
         try:
             with trio.move_on_after(CLOSE_NOTIFY_TIMEOUT_SECONDS):
@@ -452,13 +487,20 @@ class TlsStream(HalfCloseableStream):
             lock.acquire_nowait()  # the common case: no scheduling round trip
         try:
             # Read the BIO only while holding the lock, so whoever sends, sends in BIO order.
-            data = self._outgoing.read()
+            data = self._take_outgoing()
             if data:
                 await self._transport_send(data)
             else:
                 await trio.lowlevel.checkpoint()
         finally:
             lock.release()
+
+    def _take_outgoing(self) -> bytes:
+        data = self._outgoing.read()
+        if self._delayed_outgoing:
+            data = self._delayed_outgoing + data
+            self._delayed_outgoing = b""
+        return data
 
     async def _transport_send(self, data: bytes) -> None:
         try:

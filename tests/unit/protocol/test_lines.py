@@ -271,7 +271,7 @@ near_miss_bytes = st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n"]),
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=max(300, settings().max_examples))
 @given(near_miss_bytes, st.lists(st.integers(0, 120), max_size=12))
 def test_end_offset_does_not_depend_on_how_the_stream_is_split(
     stream: bytes, cuts: list[int]
