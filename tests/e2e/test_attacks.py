@@ -6,8 +6,8 @@ hears, and what the legacy backend received (`transcript`, every command line it
 an attack that is answered politely but still reaches the backend is not stopped.
 
 The backends here advertise STARTTLS and STLS themselves (and answer them with 454 / -ERR, like
-a sendmail without a certificate), so every test also checks that tlsgate never lets the
-backend's own STARTTLS reach the client and never forwards the client's STARTTLS to it.
+a sendmail without a certificate), so a STARTTLS reply or keyword the client sees tells whether
+it came from tlsgate or leaked through from the backend.
 """
 
 from __future__ import annotations
@@ -47,15 +47,20 @@ LISTENERS: list[dict[str, object]] = [
     },
     {"name": "smtp-none", "protocol": "smtp", "tls": "none", "backend": SMTP_BACKEND},
     {"name": "pop3", "protocol": "pop3", "tls": "starttls", "backend": POP3_BACKEND},
+    {
+        "name": "pop3-require-tls",
+        "protocol": "pop3",
+        "tls": "starttls",
+        "backend": POP3_BACKEND,
+        "require_tls": True,
+    },
     {"name": "pop3s", "protocol": "pop3", "tls": "implicit", "backend": POP3_BACKEND},
     {"name": "pop3-none", "protocol": "pop3", "tls": "none", "backend": POP3_BACKEND},
 ]
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    cert_files: CertFiles, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+def gateway(cert_files: CertFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with running_gateway(
         LISTENERS,
         cert_file=cert_files.cert_file,
@@ -227,6 +232,51 @@ def test_pop3_commands_pipelined_after_stls_are_never_executed(
     assert b"USER demo" in received
 
 
+def test_commands_after_a_pipelined_ehlo_and_starttls_are_never_executed(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    before = len(gateway.smtp.transcript)
+    with open_wire(gateway, "submission", cert_files) as wire:
+        greet(wire)
+        wire.send(b"EHLO pipelined.test\r\nSTARTTLS\r\n" + INJECTED_MAIL + b"\r\n")
+        assert b"STARTTLS" in ehlo_keywords(wire.reply())
+        assert wire.reply() == b"220 2.0.0 Ready to start TLS\r\n"
+        wire.start_tls()
+        assert wire.smtp(b"EHLO pipelined.test").startswith(b"250")
+        assert wire.smtp(b"QUIT").startswith(b"221")
+    assert INJECTED_MAIL not in smtp_lines_since(gateway, before)
+
+
+def test_pop3_commands_after_a_pipelined_capa_and_stls_are_never_executed(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    before = len(gateway.pop3.transcript)
+    with open_wire(gateway, "pop3", cert_files) as wire:
+        greet_pop3(wire)
+        wire.send(b"CAPA\r\nSTLS\r\nUSER evil\r\n")
+        assert wire.line().startswith(b"+OK")
+        assert b"STLS" in capabilities(wire.multiline())
+        assert wire.line() == b"+OK Begin TLS negotiation\r\n"
+        wire.start_tls()
+        assert wire.pop3(b"QUIT").startswith(b"+OK")
+    assert b"USER evil" not in pop3_lines_since(gateway, before)
+
+
+def test_transaction_started_before_starttls_does_not_carry_into_tls(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    with open_wire(gateway, "submission", cert_files) as wire:
+        greet(wire)
+        assert wire.smtp(b"EHLO carry.test").startswith(b"250")
+        assert wire.smtp(b"MAIL FROM:<plain@x>").startswith(b"250")
+        assert wire.smtp(b"STARTTLS") == b"220 2.0.0 Ready to start TLS\r\n"
+        wire.start_tls()
+        assert wire.smtp(b"EHLO carry.test").startswith(b"250")
+        reply = wire.smtp(b"RCPT TO:<demo@localhost>")
+        assert wire.smtp(b"QUIT").startswith(b"221")
+    assert reply.startswith(b"503"), reply  # RFC 3207 §4.2: the plaintext MAIL is forgotten
+
+
 def test_plaintext_sent_instead_of_a_client_hello_is_never_executed(
     gateway: Gateway, cert_files: CertFiles
 ) -> None:
@@ -273,6 +323,17 @@ def test_smtp_auth_before_tls_is_refused_with_538(
     assert not [line for line in received if PLAIN_CREDENTIALS in line]
 
 
+def test_refused_auth_keeps_its_place_among_pipelined_replies(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    with open_wire(gateway, "submission", cert_files) as wire:
+        greet(wire)
+        wire.send(b"EHLO pipeline.test\r\nAUTH PLAIN " + PLAIN_CREDENTIALS + b"\r\nNOOP\r\n")
+        replies = [wire.reply() for _ in range(3)]
+        assert wire.smtp(b"QUIT").startswith(b"221")
+    assert [reply[:4] for reply in replies] == [b"250-", b"538 ", b"250 "]
+
+
 def test_smtp_auth_works_after_starttls(gateway: Gateway, cert_files: CertFiles) -> None:
     logins = len(gateway.smtp.logins)
     with open_wire(gateway, "submission", cert_files) as wire:
@@ -285,9 +346,7 @@ def test_smtp_auth_works_after_starttls(gateway: Gateway, cert_files: CertFiles)
     assert gateway.smtp.logins[logins:] == ["demo"]
 
 
-def test_pop3_capa_hides_user_and_sasl_before_tls(
-    gateway: Gateway, cert_files: CertFiles
-) -> None:
+def test_pop3_capa_hides_user_and_sasl_before_tls(gateway: Gateway, cert_files: CertFiles) -> None:
     with open_wire(gateway, "pop3", cert_files) as wire:
         greet_pop3(wire)
         assert wire.pop3(b"CAPA").startswith(b"+OK")
@@ -344,9 +403,7 @@ def test_smtp_starttls_inside_tls_gets_503(
     assert b"STARTTLS" not in smtp_lines_since(gateway, before)
 
 
-def test_smtp_starttls_with_an_argument_gets_501(
-    gateway: Gateway, cert_files: CertFiles
-) -> None:
+def test_smtp_starttls_with_an_argument_gets_501(gateway: Gateway, cert_files: CertFiles) -> None:
     with open_wire(gateway, "submission", cert_files) as wire:
         greet(wire)
         assert wire.smtp(b"EHLO argument.test").startswith(b"250")
@@ -496,9 +553,7 @@ def test_require_tls_discards_a_refused_bdat_chunk_instead_of_executing_it(
     assert INJECTED_MAIL not in smtp_lines_since(gateway, before)
 
 
-def test_require_tls_accepts_mail_after_starttls(
-    gateway: Gateway, cert_files: CertFiles
-) -> None:
+def test_require_tls_accepts_mail_after_starttls(gateway: Gateway, cert_files: CertFiles) -> None:
     messages = len(gateway.store.messages)
     with open_wire(gateway, "smtp-require-tls", cert_files) as wire:
         upgrade_smtp(wire, b"late-mail.test")
@@ -508,12 +563,24 @@ def test_require_tls_accepts_mail_after_starttls(
     assert [m.mail_from for m in gateway.store.messages[messages:]] == ["late@x"]
 
 
+def test_pop3_require_tls_refuses_everything_but_capa_stls_and_quit_before_tls(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    before = len(gateway.pop3.transcript)
+    with open_wire(gateway, "pop3-require-tls", cert_files) as wire:
+        greet_pop3(wire)
+        refused = [wire.pop3(command) for command in (b"NOOP", b"STAT", b"LIST")]
+        assert wire.pop3(b"CAPA").startswith(b"+OK")
+        assert b"STLS" in capabilities(wire.multiline())
+        assert wire.pop3(b"QUIT").startswith(b"+OK")
+    assert refused == [b"-ERR Must issue a STLS command first\r\n"] * 3
+    assert pop3_lines_since(gateway, before) == [b"CAPA", b"QUIT"]
+
+
 # ---- starttls_exclude ---------------------------------------------------------------------
 
 
-def test_excluded_client_is_not_offered_starttls(
-    gateway: Gateway, cert_files: CertFiles
-) -> None:
+def test_excluded_client_is_not_offered_starttls(gateway: Gateway, cert_files: CertFiles) -> None:
     with open_wire(gateway, "smtp-lan", cert_files) as wire:
         greet(wire)
         keywords = ehlo_keywords(wire.smtp(b"EHLO lan.test"))

@@ -38,8 +38,17 @@ async def connect_backend(
                 return await trio.open_tcp_stream(endpoint.host, endpoint.port), endpoint
         except trio.TooSlowError:
             failures.append(BackendFailure(endpoint, "timeout"))
-        except ConnectionRefusedError:
-            failures.append(BackendFailure(endpoint, "refused"))
         except OSError as exc:
-            failures.append(BackendFailure(endpoint, exc.strerror or type(exc).__name__))
+            failures.append(BackendFailure(endpoint, _failure_reason(exc)))
     raise BackendUnavailableError(failures)
+
+
+def _failure_reason(exc: OSError) -> str:
+    """trio's open_tcp_stream reports "all attempts failed" with the real errors (one per
+    resolved address) in an exception group as the cause; the first one says why."""
+    cause = exc.__cause__
+    errors = list(cause.exceptions) if isinstance(cause, BaseExceptionGroup) else [exc]
+    if any(isinstance(error, ConnectionRefusedError) for error in errors):
+        return "refused"
+    first = errors[0]
+    return (isinstance(first, OSError) and first.strerror) or type(first).__name__

@@ -72,9 +72,9 @@ class Server:
         """
         context = self._server_context()
         bound = [await self._bind(listener) for listener in self.config.listeners]
-        try:
-            async with trio.open_nursery() as handlers:
-                self._handlers = handlers
+        async with trio.open_nursery() as handlers:
+            self._handlers = handlers
+            try:
                 with self._accept_scope:
                     async with trio.open_nursery() as acceptors:
                         for entry in bound:
@@ -90,11 +90,13 @@ class Server:
                                 tls=entry.config.tls.value,
                             )
                         task_status.started({entry.config.name: entry.address for entry in bound})
-        finally:
-            with trio.CancelScope(shield=True):
-                for entry in bound:
-                    for listener_socket in entry.sockets:
-                        await listener_socket.aclose()
+            finally:
+                # Closed as soon as accepting stops, not after the drain: a client connecting
+                # during the drain is refused at once instead of waiting in the backlog.
+                with trio.CancelScope(shield=True):
+                    for entry in bound:
+                        for listener_socket in entry.sockets:
+                            await listener_socket.aclose()
 
     def shutdown(self) -> None:
         """Stop accepting now; give sessions `shutdown_timeout` seconds, then cancel them."""
