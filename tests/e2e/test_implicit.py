@@ -13,12 +13,13 @@ import socket
 import ssl
 import uuid
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import pytest
 import trio
 
 from tests.conftest import CertFiles
-from tests.helpers.gateway import POP3_BACKEND, SMTP_BACKEND, Gateway, running_gateway
+from tests.helpers.gateway import POP3_BACKEND, SMTP_BACKEND, Gateway, ListenerSpec, running_gateway
 from tests.helpers.tools import (
     DEMO_PASSWORD,
     DEMO_USER,
@@ -34,7 +35,7 @@ from tlsgate.net.tls_stream import TlsStream
 
 CLIENT_TIMEOUT_SECONDS = 10.0
 
-LISTENERS = [
+LISTENERS: list[ListenerSpec] = [
     {"name": "smtps", "protocol": "smtp", "tls": "implicit", "backend": SMTP_BACKEND},
     {"name": "pop3s", "protocol": "pop3", "tls": "implicit", "backend": POP3_BACKEND},
     {"name": "tcp-implicit", "protocol": "tcp", "tls": "implicit", "backend": SMTP_BACKEND},
@@ -112,11 +113,29 @@ def test_smtp_ssl_ehlo_never_offers_the_backends_starttls(
         assert smtp.has_extn("pipelining")  # the rest of the backend's list passes through
 
 
+def test_smtp_ssl_with_a_tls12_only_client_delivers_the_message(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    context = cert_files.client_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    message = _message(f"smtp-ssl-tls12-{uuid.uuid4()}")
+    with smtplib.SMTP_SSL(
+        "127.0.0.1", gateway.port("smtps"), context=context, timeout=CLIENT_TIMEOUT_SECONDS
+    ) as smtp:
+        assert isinstance(smtp.sock, ssl.SSLSocket)
+        assert smtp.sock.version() == "TLSv1.2"
+        smtp.login(DEMO_USER, DEMO_PASSWORD)
+        smtp.sendmail("sender@example.test", ["implicit@example.test"], message)
+    assert gateway.store.messages[-1].body == message
+
+
 @requires_openssl
 def test_openssl_s_client_connect_gets_greeting_and_ehlo_reply_on_smtps(
     gateway: Gateway, cert_files: CertFiles
 ) -> None:
-    result = s_client(gateway.port("smtps"), cert_files.ca_file, ["EHLO client.example.test", "QUIT"])
+    result = s_client(
+        gateway.port("smtps"), cert_files.ca_file, ["EHLO client.example.test", "QUIT"]
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("220 ")
@@ -126,9 +145,7 @@ def test_openssl_s_client_connect_gets_greeting_and_ehlo_reply_on_smtps(
 
 
 @requires_swaks
-def test_swaks_tls_on_connect_delivers_the_message(
-    gateway: Gateway, cert_files: CertFiles
-) -> None:
+def test_swaks_tls_on_connect_delivers_the_message(gateway: Gateway, cert_files: CertFiles) -> None:
     marker = f"swaks-tls-on-connect-{uuid.uuid4()}"
     result = swaks(
         gateway.port("smtps"),
@@ -207,9 +224,7 @@ def test_openssl_s_client_connect_gets_capa_on_pop3s(
 
 
 @requires_curl
-def test_curl_pop3s_retrieves_a_message_by_number(
-    gateway: Gateway, cert_files: CertFiles
-) -> None:
+def test_curl_pop3s_retrieves_a_message_by_number(gateway: Gateway, cert_files: CertFiles) -> None:
     marker = f"curl-pop3s-{uuid.uuid4()}"
     gateway.store.add(DEMO_USER, _message(marker))
     number = len(gateway.store.mailbox(DEMO_USER))
@@ -221,20 +236,16 @@ def test_curl_pop3s_retrieves_a_message_by_number(
 # --- TCP byte relay ----------------------------------------------------------------------------
 
 
-def _read_until_final_reply(tls: ssl.SSLSocket, replies: int) -> list[bytes]:
-    """SMTP reply lines until `replies` final lines ("NNN ") have arrived."""
-    data = b""
-    while data.count(b"\r\n") == 0 or _final_lines(data) < replies:
-        chunk = tls.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data.split(b"\r\n")[:-1]
-
-
-def _final_lines(data: bytes) -> int:
-    complete = data.split(b"\r\n")[:-1]
-    return sum(1 for line in complete if line[3:4] == b" ")
+def _read_reply(reader: BinaryIO) -> list[bytes]:
+    """One SMTP reply, all its lines, CRLF stripped."""
+    lines: list[bytes] = []
+    while True:
+        line = reader.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError(f"connection closed mid-reply after {lines!r} + {line!r}")
+        lines.append(line[:-2])
+        if line[3:4] != b"-":
+            return lines
 
 
 def test_tcp_implicit_relays_bytes_both_ways_untouched(
@@ -246,12 +257,13 @@ def test_tcp_implicit_relays_bytes_both_ways_untouched(
             ("127.0.0.1", gateway.port("tcp-implicit")), timeout=CLIENT_TIMEOUT_SECONDS
         ) as raw,
         context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        tls.makefile("rb") as reader,
     ):
-        greeting = _read_until_final_reply(tls, 1)
+        greeting = _read_reply(reader)
         tls.sendall(b"EHLO relay.example.test\r\n")
-        ehlo = _read_until_final_reply(tls, 1)
+        ehlo = _read_reply(reader)
         tls.sendall(b"QUIT\r\n")
-        bye = _read_until_final_reply(tls, 1)
+        bye = _read_reply(reader)
     assert greeting[0].startswith(b"220 legacy.localdomain ESMTP")
     # A byte relay does not mediate: the backend's own STARTTLS and AUTH come through as sent.
     assert b"250-STARTTLS" in ehlo

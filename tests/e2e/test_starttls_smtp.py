@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import pytest
+import trio
 
 from tests.conftest import CertFiles
-from tests.helpers.gateway import SMTP_BACKEND, Gateway, running_gateway
+from tests.helpers.gateway import SMTP_BACKEND, Gateway, ListenerSpec, running_gateway
 from tests.helpers.tools import (
     DEMO_PASSWORD,
     DEMO_USER,
@@ -30,11 +31,21 @@ from tests.helpers.tools import (
     s_client,
     swaks,
 )
+from tlsgate.net.tls_stream import TlsStream
 
 CLIENT_TIMEOUT_SECONDS = 10.0
 
-LISTENERS = [
+# Loopback clients of `submission-lan` come from an excluded network: no STARTTLS for them.
+LAN = "127.0.0.0/8"
+LISTENERS: list[ListenerSpec] = [
     {"name": "submission", "protocol": "smtp", "tls": "starttls", "backend": SMTP_BACKEND},
+    {
+        "name": "submission-lan",
+        "protocol": "smtp",
+        "tls": "starttls",
+        "backend": SMTP_BACKEND,
+        "starttls_exclude": [LAN],
+    },
 ]
 
 
@@ -79,8 +90,8 @@ def _message(marker: str) -> bytes:
     ).encode()
 
 
-def _connect(gateway: Gateway) -> smtplib.SMTP:
-    return smtplib.SMTP("127.0.0.1", gateway.port("submission"), timeout=CLIENT_TIMEOUT_SECONDS)
+def _connect(gateway: Gateway, listener: str = "submission") -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", gateway.port(listener), timeout=CLIENT_TIMEOUT_SECONDS)
 
 
 # --- smtplib -----------------------------------------------------------------------------------
@@ -156,9 +167,7 @@ def test_backend_sees_rset_right_after_the_pre_tls_commands(
     ]
 
 
-def test_pipelining_is_still_advertised_after_tls(
-    gateway: Gateway, cert_files: CertFiles
-) -> None:
+def test_pipelining_is_still_advertised_after_tls(gateway: Gateway, cert_files: CertFiles) -> None:
     with _connect(gateway) as smtp:
         smtp.ehlo()
         assert smtp.has_extn("pipelining")
@@ -172,6 +181,141 @@ def test_chunking_is_still_advertised_after_tls(gateway: Gateway, cert_files: Ce
         smtp.starttls(context=cert_files.client_context())
         smtp.ehlo()
         assert smtp.has_extn("chunking")
+
+
+def test_starttls_with_a_tls12_only_client_delivers_the_message(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    context = cert_files.client_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    message = _message(f"tls12-{uuid.uuid4()}")
+    with _connect(gateway) as smtp:
+        smtp.starttls(context=context)
+        assert isinstance(smtp.sock, ssl.SSLSocket)
+        assert smtp.sock.version() == "TLSv1.2"
+        smtp.login(DEMO_USER, DEMO_PASSWORD)
+        smtp.sendmail("sender@example.test", ["submit@example.test"], message)
+    assert gateway.store.messages[-1].body == message
+
+
+def test_auth_login_challenges_pass_through_after_tls(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    with _connect(gateway) as smtp:
+        smtp.starttls(context=cert_files.client_context())
+        smtp.ehlo()
+        smtp.user, smtp.password = DEMO_USER, DEMO_PASSWORD
+        # Two 334 challenges; the base64 answers are SASL lines, not commands.
+        code, _ = smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)
+    assert code == 235
+    assert gateway.smtp.logins[-1] == DEMO_USER
+
+
+def test_auth_plain_without_initial_response_passes_through_after_tls(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    with _connect(gateway) as smtp:
+        smtp.starttls(context=cert_files.client_context())
+        smtp.ehlo()
+        smtp.user, smtp.password = DEMO_USER, DEMO_PASSWORD
+        code, _ = smtp.auth("PLAIN", smtp.auth_plain, initial_response_ok=False)
+    assert code == 235
+    assert gateway.smtp.transcript[-1][-3] == b"AUTH PLAIN"
+
+
+async def test_client_half_close_after_starttls_still_receives_the_last_replies(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    received = b""
+    with trio.fail_after(CLIENT_TIMEOUT_SECONDS):
+        transport = await trio.open_tcp_stream("127.0.0.1", gateway.port("submission"))
+        tls = TlsStream(
+            transport,
+            cert_files.client_context(),
+            server_side=False,
+            server_hostname="127.0.0.1",
+        )
+        async with tls:  # closes the transport too, whatever happens in the plaintext phase
+            assert (await _receive_reply(transport)).startswith(b"220 ")
+            await transport.send_all(b"EHLO half.example.test\r\n")
+            assert (await _receive_reply(transport)).startswith(b"250-")
+            await transport.send_all(b"STARTTLS\r\n")
+            assert (await _receive_reply(transport)).startswith(b"220 ")
+            await tls.send_all(b"EHLO half.example.test\r\nNOOP\r\nQUIT\r\n")
+            await tls.send_eof()
+            while chunk := await tls.receive_some():
+                received += chunk
+    finals = [line[:3] for line in received.split(b"\r\n")[:-1] if line[3:4] == b" "]
+    assert finals == [b"250", b"250", b"221"]
+
+
+async def _receive_reply(stream: trio.abc.ReceiveStream) -> bytes:
+    """Bytes up to and including the end of one SMTP reply (the server sends nothing more)."""
+    data = b""
+    while not any(line[3:4] == b" " for line in data.split(b"\r\n")[:-1]):
+        chunk = await stream.receive_some()
+        if not chunk:
+            raise ConnectionError(f"connection closed mid-reply after {data!r}")
+        data += chunk
+    return data
+
+
+def test_auth_smuggled_after_a_bare_lf_dot_line_never_reaches_the_backend_before_tls(
+    gateway: Gateway,
+) -> None:
+    logins_before = len(gateway.smtp.logins)
+    with (
+        socket.create_connection(
+            ("127.0.0.1", gateway.port("submission")), timeout=CLIENT_TIMEOUT_SECONDS
+        ) as sock,
+        sock.makefile("rb") as reader,
+    ):
+        assert _codes(reader, 1) == [b"220"]
+        sock.sendall(b"EHLO plain.example.test\r\n")
+        assert _codes(reader, 1) == [b"250"]
+        sock.sendall(b"MAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+        assert _codes(reader, 3) == [b"250", b"250", b"354"]
+        sock.sendall(b"body\n.\nAUTH PLAIN AGRlbW8AZGVtby1wYXNzd29yZA==\r\n\r\n.\r\nQUIT\r\n")
+        sock.settimeout(1.0)
+        answers = []
+        try:
+            while line := reader.readline():
+                answers.append(line)
+        except TimeoutError:
+            pass
+    # Postfix's answer to SMTP smuggling: refuse with 521 and close.
+    assert [line[:3] for line in answers] == [b"521"]
+    transcript = gateway.smtp.transcript[-1]
+    assert not [line for line in transcript if line.upper().startswith(b"AUTH")]
+    assert len(gateway.smtp.logins) == logins_before
+
+
+# --- clients from a starttls_exclude network ----------------------------------------------------
+
+
+def test_excluded_client_network_is_not_offered_starttls(any_gateway: Gateway) -> None:
+    with _connect(any_gateway, "submission-lan") as smtp:
+        smtp.ehlo()
+        assert not smtp.has_extn("starttls")
+        assert smtp.has_extn("pipelining")
+
+
+def test_excluded_client_networks_starttls_goes_to_the_backend(
+    gateway_backend_starttls: Gateway,
+) -> None:
+    with _connect(gateway_backend_starttls, "submission-lan") as smtp:
+        smtp.ehlo()
+        reply = smtp.docmd("STARTTLS")
+    assert reply == (454, b"4.7.0 TLS not available")  # the legacy backend's own answer
+    assert gateway_backend_starttls.smtp.transcript[-1][-2:] == [b"STARTTLS", b"QUIT"]
+
+
+def test_excluded_client_network_still_has_auth_hidden_and_refused(any_gateway: Gateway) -> None:
+    with _connect(any_gateway, "submission-lan") as smtp:
+        smtp.ehlo()
+        assert not smtp.has_extn("auth")
+        code, _ = smtp.docmd("AUTH", "PLAIN AGRlbW8AZGVtby1wYXNzd29yZA==")
+    assert code == 538
 
 
 # --- raw socket after STARTTLS: pipelining and BDAT --------------------------------------------
@@ -209,6 +353,27 @@ def _starttls_socket(gateway: Gateway, cert_files: CertFiles) -> ssl.SSLSocket:
     except BaseException:
         raw.close()
         raise
+
+
+def test_ehlo_and_starttls_pipelined_in_one_write_both_get_replies_and_tls_starts(
+    gateway: Gateway, cert_files: CertFiles
+) -> None:
+    raw = socket.create_connection(
+        ("127.0.0.1", gateway.port("submission")), timeout=CLIENT_TIMEOUT_SECONDS
+    )
+    with raw:
+        with raw.makefile("rb") as reader:
+            assert _codes(reader, 1) == [b"220"]
+            # RFC 2920 §3.1: STARTTLS may end a pipelined group.
+            raw.sendall(b"EHLO pipe.example.test\r\nSTARTTLS\r\n")
+            assert _codes(reader, 2) == [b"250", b"220"]
+        tls = cert_files.client_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    with tls, tls.makefile("rb") as reader:
+        tls.sendall(b"EHLO tls.example.test\r\n")
+        ehlo = _read_reply(reader)
+        tls.sendall(b"QUIT\r\n")
+        assert _codes(reader, 1) == [b"221"]
+    assert b"250-AUTH PLAIN LOGIN" in ehlo
 
 
 def test_pipelined_mail_rcpt_data_after_starttls_delivers_the_message(
@@ -298,9 +463,7 @@ def test_swaks_tls_authenticates_and_delivers_the_message(
 
 
 @requires_curl
-def test_curl_ssl_reqd_smtp_delivers_the_message(
-    gateway: Gateway, cert_files: CertFiles
-) -> None:
+def test_curl_ssl_reqd_smtp_delivers_the_message(gateway: Gateway, cert_files: CertFiles) -> None:
     marker = f"curl-starttls-{uuid.uuid4()}"
     message = _message(marker)
     result = curl(

@@ -1,34 +1,25 @@
 """TlsStream: tlsgate's TLS layer, a trio stream over `ssl.SSLObject` and two `MemoryBIO`s.
 
-Why not `trio.SSLStream`: it returns at most one 16 KiB record per `receive_some`, refills its
-BIO in small steps under a lock, and cannot half-close. For a relay that halves client-to-backend
-throughput (see PERFORMANCE.md). This class does what that document measured instead.
+Not `trio.SSLStream`: that returns one 16 KiB record per `receive_some` and cannot half-close,
+which halves relay throughput (PERFORMANCE.md). Theory of operation:
 
-Theory of operation:
+- OpenSSL only talks to the BIOs: transport ciphertext goes into `_incoming`; whatever OpenSSL
+  wants on the wire (records, alerts, tickets, KeyUpdate replies) appears in `_outgoing`.
+- `receive_some`: ONE large transport read, fed to the BIO once, then every record that can be
+  decrypted (up to `max_bytes`), joined. The transport is read again only when nothing could
+  be decrypted. Plaintext beyond `max_bytes` is not copied: it waits in OpenSSL's record
+  buffer and in the BIO, and the next call takes it before touching the transport.
+- `send_all`: encrypt everything, then one transport `send_all` (per `SEND_CHUNK_BYTES`).
+- A sender and a receiver (flushing a KeyUpdate reply) may both need the transport's send
+  side. Both take `_send_lock` and read the outgoing BIO only while holding it, so records go
+  out in the order OpenSSL made them. Uncontended, the lock costs no checkpoint.
+- `send_eof`: close_notify, then the transport's write side is shut; receiving continues, so
+  the peer's last replies still arrive (the half-close `SSLStream` lacks).
+- A transport send that fails or is cancelled midway leaves part of a record on the wire: the
+  stream is BROKEN from then on, as in `SSLStream`. Cancellation is taken before encrypting.
 
-- OpenSSL only ever talks to the two memory BIOs. Ciphertext from the transport goes into
-  `_incoming`; whatever OpenSSL wants on the wire (records, alerts, tickets, KeyUpdate replies)
-  appears in `_outgoing`, and we move it to the transport.
-- `receive_some` makes ONE large transport read (`RECEIVE_SIZE_BYTES`), feeds it to the BIO
-  once, then decrypts every complete record (up to `max_bytes`) and returns them joined. It
-  only reads the transport again when nothing at all could be decrypted. Plaintext beyond
-  `max_bytes` is not copied anywhere: it stays in OpenSSL's record buffer and its ciphertext in
-  the BIO, and the next call decrypts it before touching the transport.
-- `send_all` encrypts everything (in `SEND_CHUNK_BYTES` slices, so a huge buffer does not become
-  a huge ciphertext copy), then makes one transport `send_all` per slice.
-- Two tasks may need the transport's send side at once: a sender, and a receiver that must
-  flush a KeyUpdate reply or a TLS 1.2 renegotiation message. Both go through `_send_lock`, and
-  the outgoing BIO is read only while holding it, so records reach the wire in the order
-  OpenSSL produced them. Uncontended, taking the lock costs no extra checkpoint.
-- `send_eof` writes close_notify and shuts the transport's write side; receiving continues,
-  which is the half-close `SSLStream` lacks: the peer's last replies still arrive.
-- A transport send that fails or is cancelled midway leaves an unknown part of a record on the
-  wire, so the stream is BROKEN from then on (as in `trio.SSLStream`). Cancellation is checked
-  before encrypting, so a send cancelled before it starts leaves the stream usable.
-
-The per-chunk path has no logging and no metrics: callers count bytes in locals and publish
-them when the connection closes (PERFORMANCE.md §3). Errors are classified once, here:
-handshake failures become `TlsHandshakeError`, everything else `trio.BrokenResourceError`.
+Nothing on the per-chunk path logs or counts (PERFORMANCE.md §3). Errors are classified here,
+once: handshake failures become `TlsHandshakeError`, the rest `trio.BrokenResourceError`.
 """
 
 from __future__ import annotations
@@ -356,7 +347,7 @@ class TlsStream(HalfCloseableStream):
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         remaining = len(data)
         if not remaining:
-            return  # SSLObject.write(b"") is not a no-op; an empty send_all must be
+            return
         try:
             written = self._ssl.write(data)
             # Python never enables SSL_MODE_ENABLE_PARTIAL_WRITE and a memory BIO never
@@ -392,19 +383,20 @@ class TlsStream(HalfCloseableStream):
             await self._flush()
             if isinstance(self._transport, HalfCloseableStream):
                 async with self._send_lock:
-                    await self._transport_send_eof(self._transport)
+                    try:
+                        await self._transport.send_eof()
+                    except trio.ClosedResourceError as exc:
+                        raise self._broken_by_close(exc) from exc
         finally:
             self._sending = False
 
     def _write_close_notify(self) -> None:
         """Queue close_notify in the outgoing BIO without losing records not yet read."""
-        # SSLObject.unwrap() calls SSL_shutdown() twice: the first call writes close_notify,
-        # the second tries to read the peer's. That read would consume records already in the
-        # incoming BIO, and OpenSSL 3 fails them with APPLICATION_DATA_AFTER_CLOSE_NOTIFY: the
-        # caller's data would be lost. So the plaintext of a half-returned record moves to
-        # `_pending`, the unread ciphertext steps out of the BIO for the call, and the second
-        # SSL_shutdown() finds nothing and reports SSLWantReadError, which we expect: we do not
-        # wait for the peer's close_notify (that is the point of a half-close).
+        # unwrap() calls SSL_shutdown() twice: the first writes close_notify, the second reads
+        # for the peer's, and would fail records still unread in the incoming BIO with
+        # APPLICATION_DATA_AFTER_CLOSE_NOTIFY, losing them. So the rest of a half-returned
+        # record moves to `_pending`, the unread ciphertext steps out of the BIO, and the second
+        # call finds nothing: SSLWantReadError, as expected, since we do not wait for the peer.
         buffered = self._ssl.pending()
         if buffered:
             self._pending += self._ssl.read(buffered)
@@ -431,9 +423,7 @@ class TlsStream(HalfCloseableStream):
                 try:
                     await self._transport.wait_send_all_might_not_block()
                 except trio.ClosedResourceError as exc:
-                    if self._state is _State.CLOSED:
-                        raise
-                    raise self._broken_by_close() from exc
+                    raise self._broken_by_close(exc) from exc
         finally:
             self._sending = False
 
@@ -506,22 +496,9 @@ class TlsStream(HalfCloseableStream):
         try:
             await self._transport.send_all(data)
         except trio.ClosedResourceError as exc:
-            if self._state is _State.CLOSED:  # our own aclose(), from another task
-                raise
-            raise self._broken_by_close() from exc
+            raise self._broken_by_close(exc) from exc
         except BaseException:
             # Cancelled or failed midway: an unknown part of a record is on the wire.
-            self._mark_broken()
-            raise
-
-    async def _transport_send_eof(self, transport: HalfCloseableStream) -> None:
-        try:
-            await transport.send_eof()
-        except trio.ClosedResourceError as exc:
-            if self._state is _State.CLOSED:  # our own aclose(), from another task
-                raise
-            raise self._broken_by_close() from exc
-        except trio.BrokenResourceError:
             self._mark_broken()
             raise
 
@@ -530,15 +507,15 @@ class TlsStream(HalfCloseableStream):
         try:
             return await self._transport.receive_some(max_bytes)
         except trio.ClosedResourceError as exc:
-            if self._state is _State.CLOSED:  # our own aclose(), from another task
-                raise
-            raise self._broken_by_close() from exc
+            raise self._broken_by_close(exc) from exc
         except trio.BrokenResourceError:
             self._mark_broken()
             raise
 
-    def _broken_by_close(self) -> trio.BrokenResourceError:
-        # Someone other than our aclose() closed the transport: that broke this stream.
+    def _broken_by_close(self, exc: trio.ClosedResourceError) -> trio.BrokenResourceError:
+        """The transport reports closed: re-raise if our own aclose() did it, else we broke."""
+        if self._state is _State.CLOSED:
+            raise exc
         self._mark_broken()
         return trio.BrokenResourceError("the transport was closed underneath the TLS stream")
 

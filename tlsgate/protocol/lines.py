@@ -7,10 +7,12 @@ POP3 multi-line response with one `bytes.find` per chunk instead of splitting li
 
 from __future__ import annotations
 
-# RFC 5321 §4.5.3.1.5 and RFC 1939 §3: the terminator of a dot-stuffed body is CRLF "." CRLF,
-# where the first CRLF ends the body's last line (or the command/status line itself).
+# RFC 5321 §4.5.2 and RFC 1939 §3: a dot-stuffed body ends with a line holding only ".",
+# properly CRLF "." CRLF, where the first CRLF ends the body's last line (or the command or
+# status line itself).
 BODY_TERMINATOR = b"\r\n.\r\n"
-_TAIL_BYTES = len(BODY_TERMINATOR) - 1
+_DOT_LINE_START = b"\n."
+_CR = 0x0D
 
 
 class LineTooLongError(Exception):
@@ -75,31 +77,59 @@ class LineBuffer:
         return taken
 
 
+class AmbiguousBodyEndError(Exception):
+    """A dot line with a bare LF: some servers end the body there, others do not.
+
+    Such a body is how SMTP smuggling works (CVE-2023-51764 and friends): the proxy and the
+    backend would disagree on where the body ends, and whatever follows would reach the
+    backend as commands the proxy never saw.
+    """
+
+
 class BodyEndScanner:
     """Finds the end of a dot-terminated body across chunk boundaries.
 
-    Only the last four bytes seen are remembered, so a 50 MiB body costs one `find` per chunk
-    and no copies. Create one right after the line that starts the body (DATA's 354 reply's
-    command, a POP3 `+OK` line): that line's CRLF counts as the start of the terminator, so an
-    empty body ("." CRLF straight away) is found too.
+    One `bytes.find` for "\\n." per chunk (it only hits at dot-stuffed lines), no copies of
+    the chunk except when it starts right after an unfinished dot line (a few bytes carried
+    over). Create one right after the line that starts the body (the DATA command, a POP3
+    `+OK` line): that line's CRLF counts, so an empty body ("." CRLF straight away) is found.
+
+    Args:
+        strict: for bodies from a client (SMTP DATA): a dot line with a bare LF before or
+            after it raises `AmbiguousBodyEndError`. Not strict (a POP3 response from the
+            backend): such a line ends the body, as it does for a line-based mail client.
     """
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_carry", "_strict")
 
-    def __init__(self) -> None:
-        self._tail = b"\r\n"
+    def __init__(self, *, strict: bool) -> None:
+        self._strict = strict
+        self._carry = b"\r\n"
 
     def feed(self, chunk: bytes) -> int:
-        """Return the offset in `chunk` just past the terminator, or -1 if it is not complete.
+        """Return the offset in `chunk` just past the end of the body, or -1 if not there yet.
 
         Once it returns an offset the scanner is spent; make a new one for the next body.
+
+        Raises:
+            AmbiguousBodyEndError: (strict only) a bare-LF dot line.
         """
-        # A terminator straddling the boundary starts earlier than any inside the chunk.
-        straddling = (self._tail + chunk[:_TAIL_BYTES]).find(BODY_TERMINATOR)
-        if straddling >= 0:
-            return straddling + len(BODY_TERMINATOR) - len(self._tail)
-        inside = chunk.find(BODY_TERMINATOR)
-        if inside >= 0:
-            return inside + len(BODY_TERMINATOR)
-        self._tail = (self._tail + chunk[-_TAIL_BYTES:])[-_TAIL_BYTES:]
+        carried = len(self._carry)
+        data = self._carry + chunk if carried else chunk
+        position = data.find(_DOT_LINE_START)
+        while position >= 0:
+            following = data[position + 2 : position + 4]
+            after_cr = position > 0 and data[position - 1] == _CR
+            if following[:1] == b"\n" or (following == b"\r\n" and not after_cr):
+                if self._strict:
+                    raise AmbiguousBodyEndError
+                return position + 2 + (1 if following[:1] == b"\n" else 2) - carried
+            if following == b"\r\n":
+                return position + 4 - carried
+            if following in (b"", b"\r"):
+                break  # the dot line is not finished: decided with the next chunk
+            position = data.find(_DOT_LINE_START, position + 2)
+        # Carry the last bytes only when an unfinished dot line, or the CR before one, could
+        # be among them; a dot line at the start of a chunk without a carry had no CR before it.
+        self._carry = data[-4:] if b"\n" in data[-3:] or data[-1:] == b"\r" else b""
         return -1

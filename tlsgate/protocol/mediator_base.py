@@ -44,6 +44,10 @@ MAX_LINE_BYTES_BEFORE_TLS = 4096
 MAX_LINE_BYTES_AFTER_TLS = 65536
 # Backend replies: a legacy server is trusted more than a client, but still bounded.
 MAX_BACKEND_LINE_BYTES = 65536
+# Replies the client is owed at once. RFC 2920 pipelining sends a transaction's worth of
+# commands (Postfix caps recipients at 1000 by default); beyond this the client is not read
+# until replies catch up, which bounds the queue however fast a client pipelines.
+MAX_PENDING_REPLIES = 1024
 
 CommandT = TypeVar("CommandT")
 
@@ -96,7 +100,7 @@ class MediatorBase(Generic[CommandT]):
                 self._send_client(self._idle_timeout_reply())
                 self._close(CloseReason.IDLE_TIMEOUT)
         out, self._out = self._out, []
-        return out
+        return _coalesce(out) if len(out) > 1 else out
 
     # ---- hooks for the protocol subclasses --------------------------------------------------
 
@@ -128,16 +132,16 @@ class MediatorBase(Generic[CommandT]):
 
     # ---- helpers ----------------------------------------------------------------------------
 
+    @property
+    def _owes_too_many_replies(self) -> bool:
+        return len(self._pending) >= MAX_PENDING_REPLIES
+
     def _send_client(self, data: bytes) -> None:
-        if self._out and isinstance(last := self._out[-1], SendToClient):
-            self._out[-1] = SendToClient(last.data + data)
-        else:
+        if data:
             self._out.append(SendToClient(data))
 
     def _send_backend(self, data: bytes) -> None:
-        if self._out and isinstance(last := self._out[-1], SendToBackend):
-            self._out[-1] = SendToBackend(last.data + data)
-        else:
+        if data:
             self._out.append(SendToBackend(data))
 
     def _notice(self, kind: NoticeKind, **fields: str | int) -> None:
@@ -191,3 +195,22 @@ class MediatorBase(Generic[CommandT]):
     def _next_backend_command(self) -> CommandT | None:
         """Pop the command the backend's next reply answers; None for an unsolicited reply."""
         return self._pending.popleft().command if self._pending else None
+
+
+def _coalesce(outputs: list[Output]) -> list[Output]:
+    """Join runs of sends to the same peer into one send each (one syscall, one TLS flush),
+    in one pass: pipelined commands then cost linear time, not quadratic."""
+    merged: list[Output] = []
+    run: list[bytes] = []
+    run_type: type[SendToClient] | type[SendToBackend] | None = None
+    for output in [*outputs, None]:
+        output_type = type(output)
+        if run_type is not None and output_type is not run_type:
+            merged.append(run_type(run[0] if len(run) == 1 else b"".join(run)))
+            run, run_type = [], None
+        if isinstance(output, SendToClient | SendToBackend):
+            run.append(output.data)
+            run_type = type(output)
+        elif output is not None:
+            merged.append(output)
+    return merged

@@ -86,7 +86,7 @@ class Pop3ServerMediator(MediatorBase[Command]):
         super().__init__(policy)
         self._state = State.COMMAND
         self._backend_state = BackendState.STATUS_LINE
-        self._body_end = BodyEndScanner()
+        self._body_end = BodyEndScanner(strict=False)
         self._capa_lines: list[bytes] = []
         self._capa_status = b""
         self._authenticated = False
@@ -94,7 +94,7 @@ class Pop3ServerMediator(MediatorBase[Command]):
 
     @property
     def client_reading_paused(self) -> bool:
-        return self._state in _PAUSED_STATES
+        return self._state in _PAUSED_STATES or self._owes_too_many_replies
 
     def _relaying(self) -> bool:
         # A method, not an inline test: replies change the state behind mypy's narrowing.
@@ -113,6 +113,7 @@ class Pop3ServerMediator(MediatorBase[Command]):
 
     def _run_client(self) -> None:
         while not self._closed and not self.client_reading_paused and not self._relaying():
+            # (client_reading_paused also covers too many replies owed: lines wait in the buffer)
             try:
                 line = self._client_lines.next_line()
             except LineTooLongError as exc:
@@ -247,7 +248,7 @@ class Pop3ServerMediator(MediatorBase[Command]):
         else:
             self._send_client(line)
         if command is Command.MULTILINE and ok:
-            self._body_end = BodyEndScanner()
+            self._body_end = BodyEndScanner(strict=False)
             self._backend_state = BackendState.BODY
             return
         if command is Command.AUTH:

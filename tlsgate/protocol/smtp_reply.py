@@ -33,6 +33,14 @@ def is_final_reply_line(line: bytes) -> bool:
     return not (len(line) > 3 and line[:3].isdigit() and line[3:4] == b"-")
 
 
+# An EHLO reply lists a few dozen extensions; no legitimate reply comes near this.
+MAX_REPLY_LINES = 256
+
+
+class ReplyTooLongError(Exception):
+    """A multi-line reply went on past MAX_REPLY_LINES."""
+
+
 class ReplyAssembler:
     """Collects reply lines until a final line completes a `Reply`."""
 
@@ -42,6 +50,9 @@ class ReplyAssembler:
         self._lines: list[bytes] = []
 
     def add(self, line: bytes) -> Reply | None:
+        """Raises: ReplyTooLongError: the reply has too many lines to hold."""
+        if len(self._lines) >= MAX_REPLY_LINES:
+            raise ReplyTooLongError
         self._lines.append(line)
         if not is_final_reply_line(line):
             return None

@@ -20,9 +20,14 @@ from enum import Enum, auto
 
 from tlsgate.observe.events import NoticeKind
 from tlsgate.protocol.io_types import SessionPolicy
-from tlsgate.protocol.lines import BodyEndScanner, LineTooLongError
+from tlsgate.protocol.lines import AmbiguousBodyEndError, BodyEndScanner, LineTooLongError
 from tlsgate.protocol.mediator_base import MediatorBase, Pending
-from tlsgate.protocol.smtp_reply import Reply, ReplyAssembler, rewrite_ehlo_reply
+from tlsgate.protocol.smtp_reply import (
+    Reply,
+    ReplyAssembler,
+    ReplyTooLongError,
+    rewrite_ehlo_reply,
+)
 
 REPLY_READY_FOR_TLS = b"220 2.0.0 Ready to start TLS\r\n"
 REPLY_TLS_ALREADY_ACTIVE = b"503 5.5.1 TLS already active\r\n"
@@ -34,6 +39,8 @@ REPLY_MUST_STARTTLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
 REPLY_IDLE_TIMEOUT = b"421 4.4.2 Idle timeout, closing connection\r\n"
 REPLY_LINE_TOO_LONG = b"500 5.5.2 Line too long, closing connection\r\n"
 REPLY_BACKEND_GARBLED = b"421 4.3.0 Backend sent an invalid reply, closing connection\r\n"
+# Postfix's answer to SMTP smuggling (smtpd_forbid_bare_newline): refuse and disconnect.
+REPLY_BARE_LF_DOT_LINE = b"521 5.5.2 Error: bare <LF> received, closing connection\r\n"
 
 # RFC 3207 §4 and the issue: what a client may do before TLS when TLS is required.
 _ALLOWED_BEFORE_TLS = frozenset({b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"RSET", b"QUIT"})
@@ -94,13 +101,13 @@ class SmtpServerMediator(MediatorBase[Command]):
         super().__init__(policy)
         self._state = State.COMMAND
         self._replies = ReplyAssembler()
-        self._body_end = BodyEndScanner()
+        self._body_end = BodyEndScanner(strict=True)
         self._bdat_remaining = 0
         self._expect_backend_reply(Command.GREETING)
 
     @property
     def client_reading_paused(self) -> bool:
-        return self._state in _PAUSED_STATES
+        return self._state in _PAUSED_STATES or self._owes_too_many_replies
 
     def _relaying(self) -> bool:
         # A method, not an inline test: _on_reply changes the state behind mypy's narrowing.
@@ -130,7 +137,7 @@ class SmtpServerMediator(MediatorBase[Command]):
                 if data:
                     self._client_lines.feed(data)
                     data = b""
-                if not self._process_one_line():
+                if self._owes_too_many_replies or not self._process_one_line():
                     return
             else:
                 if data:  # paused: keep it until the awaited reply decides what it is
@@ -155,7 +162,13 @@ class SmtpServerMediator(MediatorBase[Command]):
     def _consume_body(self, data: bytes) -> bytes:
         """Pass body bytes on; return what follows the body's end."""
         if self._state is State.DATA_BODY:
-            end = self._body_end.feed(data)
+            try:
+                end = self._body_end.feed(data)
+            except AmbiguousBodyEndError:
+                # Neither forwarded nor answered: the backend sees the connection drop in the
+                # middle of DATA and, per RFC 5321 §4.1.1.4, delivers nothing.
+                self._protocol_error(REPLY_BARE_LF_DOT_LINE, "bare LF in a DATA dot line")
+                return b""
             if end < 0:
                 self._send_backend(data)
                 return b""
@@ -256,7 +269,12 @@ class SmtpServerMediator(MediatorBase[Command]):
                 return
             if line is None:
                 return
-            if (reply := self._replies.add(line)) is not None:
+            try:
+                reply = self._replies.add(line)
+            except ReplyTooLongError:
+                self._protocol_error(REPLY_BACKEND_GARBLED, "backend reply has too many lines")
+                return
+            if reply is not None:
                 self._on_reply(reply)
         if self._relaying() and (rest := self._backend_lines.take_all()):
             self._send_client(rest)
@@ -271,7 +289,7 @@ class SmtpServerMediator(MediatorBase[Command]):
             self._send_client(reply.raw)
         if command is Command.DATA:
             if reply.code == 354:
-                self._body_end = BodyEndScanner()
+                self._body_end = BodyEndScanner(strict=True)
                 self._state = State.DATA_BODY
                 self._pending.appendleft(Pending(Command.DATA_END))
             else:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlsgate.protocol.lines import BODY_TERMINATOR, BodyEndScanner, LineBuffer, LineTooLongError
+from tlsgate.protocol.lines import (
+    AmbiguousBodyEndError,
+    BodyEndScanner,
+    LineBuffer,
+    LineTooLongError,
+)
 
 # ---- LineBuffer ------------------------------------------------------------------------------
 
@@ -187,12 +193,19 @@ def test_random_bytes_either_split_or_raise_line_too_long(stream: bytes, limit: 
 # ---- BodyEndScanner ---------------------------------------------------------------------------
 
 
-def end_in_stream(chunks: list[bytes]) -> int:
-    """Feed chunks to a fresh scanner; return the end offset in the joined stream, or -1."""
-    scanner = BodyEndScanner()
+AMBIGUOUS = -2  # what end_in_stream and reference_end say for a bare-LF dot line (strict)
+
+
+def end_in_stream(chunks: list[bytes], *, strict: bool = True) -> int:
+    """Feed chunks to a fresh scanner; return the end offset in the joined stream, -1 if there
+    is none, or AMBIGUOUS where a strict scanner refuses a bare-LF dot line."""
+    scanner = BodyEndScanner(strict=strict)
     consumed = 0
     for chunk in chunks:
-        end = scanner.feed(chunk)
+        try:
+            end = scanner.feed(chunk)
+        except AmbiguousBodyEndError:
+            return AMBIGUOUS
         if end >= 0:
             assert 0 < end <= len(chunk)
             return consumed + end
@@ -200,45 +213,59 @@ def end_in_stream(chunks: list[bytes]) -> int:
     return -1
 
 
-def reference_end(stream: bytes) -> int:
-    """The body starts right after a CRLF: the first CRLF.CRLF in CRLF+stream ends it."""
-    found = (b"\r\n" + stream).find(BODY_TERMINATOR)
-    return -1 if found < 0 else found + len(BODY_TERMINATOR) - 2
+def reference_end(stream: bytes, *, strict: bool = True) -> int:
+    """The body starts right after a CRLF. The first line holding only "." ends it: CRLF "."
+    CRLF properly; with a bare LF on either side it is ambiguous (strict) or the end."""
+    match = re.search(rb"\n\.(\r\n|\n)", b"\r\n" + stream)
+    if match is None:
+        return -1
+    proper = (
+        match.group(1) == b"\r\n" and (b"\r\n" + stream)[match.start() - 1 : match.start()] == b"\r"
+    )
+    if strict and not proper:
+        return AMBIGUOUS
+    return match.end() - 2
 
 
 def test_terminator_at_the_start_is_an_empty_body() -> None:
-    assert BodyEndScanner().feed(b".\r\nQUIT\r\n") == 3
+    assert BodyEndScanner(strict=True).feed(b".\r\nQUIT\r\n") == 3
 
 
 def test_terminator_inside_a_chunk() -> None:
     body = b"Subject: x\r\n\r\nhello\r\n"
-    assert BodyEndScanner().feed(body + b".\r\nQUIT\r\n") == len(body) + 3
+    assert BodyEndScanner(strict=True).feed(body + b".\r\nQUIT\r\n") == len(body) + 3
 
 
 def test_terminator_after_many_chunks() -> None:
-    scanner = BodyEndScanner()
+    scanner = BodyEndScanner(strict=True)
     assert scanner.feed(b"line one\r\n") == -1
     assert scanner.feed(b"line two\r\n") == -1
     assert scanner.feed(b".\r\nNOOP\r\n") == 3
 
 
 def test_dot_stuffed_lines_are_not_the_end() -> None:
-    scanner = BodyEndScanner()
+    scanner = BodyEndScanner(strict=True)
     assert scanner.feed(b"..\r\n...\r\n..x\r\n.. \r\n") == -1
     assert scanner.feed(b"..\r\n") == -1
     assert scanner.feed(b".\r\n") == 3
 
 
-def test_bare_lf_dot_lf_is_not_the_end() -> None:
-    # RFC 5321 §4.1.1.4: only CRLF "." CRLF ends the data; "\n.\n" is body (as Postfix reads it
-    # on the wire between two conforming MTAs).
-    scanner = BodyEndScanner()
-    assert scanner.feed(b"a\n.\nb\r\n.\nc\n.\r\n") == -1
-    assert scanner.feed(b"\r\n.\r\n") == 5
+@pytest.mark.parametrize("smuggled", [b"a\n.\nb", b"a\r\n.\nb", b"a\n.\r\nb"])
+def test_bare_lf_dot_line_is_refused_in_strict_mode(smuggled: bytes) -> None:
+    # SMTP smuggling: sendmail-style backends end DATA at these, RFC 5321 §4.1.1.4 does not;
+    # a strict scanner refuses to guess (Postfix's smtpd_forbid_bare_newline).
+    with pytest.raises(AmbiguousBodyEndError):
+        BodyEndScanner(strict=True).feed(smuggled)
+
+
+@pytest.mark.parametrize(("body", "end"), [(b"a\n.\nb", 4), (b"a\r\n.\nb", 5), (b"a\n.\r\nb", 5)])
+def test_bare_lf_dot_line_ends_the_body_in_lenient_mode(body: bytes, end: int) -> None:
+    # A POP3 client reading lines stops at a "." line whatever its line ending.
+    assert BodyEndScanner(strict=False).feed(body) == end
 
 
 def test_dot_line_with_text_is_not_the_end() -> None:
-    assert BodyEndScanner().feed(b"a\r\n.x\r\n. \r\n") == -1
+    assert BodyEndScanner(strict=True).feed(b"a\r\n.x\r\n. \r\n") == -1
 
 
 body_with_terminator = b"Subject: t\r\n\r\n..stuffed\r\nlast\r\n.\r\nQUIT\r\n"
@@ -278,9 +305,13 @@ def test_end_offset_does_not_depend_on_how_the_stream_is_split(
 ) -> None:
     points = sorted({min(cut, len(stream)) for cut in cuts})
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
-    assert end_in_stream(chunks) == reference_end(stream) == end_in_stream([stream])
+    for strict in (True, False):
+        whole = end_in_stream([stream], strict=strict)
+        assert end_in_stream(chunks, strict=strict) == reference_end(stream, strict=strict) == whole
 
 
 @given(near_miss_bytes)
 def test_end_offset_one_byte_at_a_time(stream: bytes) -> None:
-    assert end_in_stream([bytes([byte]) for byte in stream]) == reference_end(stream)
+    for strict in (True, False):
+        one_by_one = end_in_stream([bytes([byte]) for byte in stream], strict=strict)
+        assert one_by_one == reference_end(stream, strict=strict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -27,6 +28,7 @@ from tlsgate.protocol.io_types import (
     StartClientTls,
     SwitchToRelay,
 )
+from tlsgate.protocol.mediator_base import MAX_PENDING_REPLIES
 from tlsgate.protocol.smtp_server import SmtpServerMediator
 
 # A submission listener (tls = "starttls", the defaults of the contract).
@@ -476,12 +478,28 @@ def test_data_body_passes_untouched_in_chunks() -> None:
         b"STARTTLS\r\nAUTH PLAIN x\r\nQUIT\r\n",
         b"..leading dot, stuffed\r\n.x\r",
         b"\n" + b"x" * 100_000 + b"\r\n",  # longer than any command line may be
-        b".\n.\n...\r\n. \r\n",
+        b"..\n..\n...\r\n. \r\n",  # dot-stuffed with bare LFs: body, not an end
     ]
     for chunk in chunks:
         # Each chunk goes on as it is: a body is never split into lines.
         assert_outputs(script.client(chunk), SendToBackend(chunk))
     assert not script.paused()
+
+
+@pytest.mark.parametrize("smuggled", [b"\n.\n", b"\r\n.\n", b"\n.\r\n"])
+def test_bare_lf_dot_line_in_data_is_refused_and_closes(smuggled: bytes) -> None:
+    # SMTP smuggling: a sendmail-style backend would end the body here and run what follows
+    # (here an AUTH before TLS) as commands tlsgate never saw. Postfix answers 521 and closes.
+    script = session()
+    script.client(b"EHLO c\r\n")
+    script.backend(b"250 legacy\r\n")
+    mail_transaction(script)
+    script.client(b"DATA\r\n")
+    script.backend(b"354 go ahead\r\n")
+    outs = script.client(b"body" + smuggled + b"AUTH PLAIN AGRlbW8AcGFzcw==\r\n\r\n.\r\n")
+    assert backend_bytes(outs) == b""
+    assert client_bytes(outs).startswith(b"521 5.5.2 ")
+    assert Close(CloseReason.PROTOCOL_ERROR) in outs
 
 
 def test_end_of_body_then_commands_again() -> None:
@@ -516,9 +534,12 @@ def test_empty_body_ends_at_once() -> None:
     mail_transaction(script)
     script.client(b"DATA\r\n")
     script.backend(b"354 go ahead\r\n")
-    assert_outputs(script.client(b".\r\nNOOP\r\n"), SendToBackend(b".\r\nNOOP\r\n"))
+    # STARTTLS is answered by tlsgate only if it is read as a command, not as body.
+    outs = script.client(b".\r\nNOOP\r\nSTARTTLS\r\n")
+    assert backend_bytes(outs) == b".\r\nNOOP\r\n"
+    assert client_bytes(outs) == b""
     outs = script.backend(b"250 queued\r\n250 noop\r\n")
-    assert client_bytes(outs) == b"250 queued\r\n250 noop\r\n"
+    assert client_bytes(outs) == b"250 queued\r\n250 noop\r\n503 5.5.1 TLS already active\r\n"
 
 
 def test_body_bytes_read_with_data_wait_for_the_354() -> None:
@@ -779,3 +800,63 @@ def test_both_eofs_close_completed(client_first: bool) -> None:
     assert not any(isinstance(out, Close) for out in outs)
     outs = second()
     assert outs[-1] == Close(CloseReason.COMPLETED)
+
+
+# ---- bounded cost (the issue: "memory per connection stays bounded whatever the client sends")
+
+
+def forward_time(commands: bytes) -> float:
+    script = implicit_session()
+    started = time.perf_counter()
+    outs = script.client(commands)
+    elapsed = time.perf_counter() - started
+    assert backend_bytes(outs) == commands
+    return elapsed
+
+
+def test_many_pipelined_commands_in_one_read_cost_linear_time() -> None:
+    # A ratio, not a deadline, so the verdict does not depend on the machine: four times the
+    # lines should cost about four times as much, not sixteen.
+    small = min(forward_time(b"NOOP\r\n" * (MAX_PENDING_REPLIES // 4)) for _ in range(5))
+    large = min(forward_time(b"NOOP\r\n" * MAX_PENDING_REPLIES) for _ in range(5))
+    assert large / small < 8
+
+
+def test_pipelining_past_the_reply_bound_pauses_the_client_until_replies_catch_up() -> None:
+    script = implicit_session()
+    outs = script.client(b"NOOP\r\n" * (MAX_PENDING_REPLIES + 10))
+    assert backend_bytes(outs) == b"NOOP\r\n" * MAX_PENDING_REPLIES
+    assert script.paused()
+    outs = script.backend(b"250 ok\r\n" * MAX_PENDING_REPLIES)
+    assert client_bytes(outs) == b"250 ok\r\n" * MAX_PENDING_REPLIES
+    assert backend_bytes(outs) == b"NOOP\r\n" * 10  # the lines held back go on
+    assert not script.paused()
+
+
+def test_refusals_owed_behind_an_unanswered_command_are_bounded() -> None:
+    script = session()
+    script.client(b"NOOP\r\n")  # the backend takes its time to answer
+    flood = b"AUTH x\r\n" * 8192  # 64 KiB, 8192 refusals owed
+    stopped = False
+    for _ in range(16):  # 1 MiB in all
+        outs = script.client(flood)
+        if script.paused() or any(isinstance(out, Close) for out in outs):
+            stopped = True
+            break
+    assert stopped, "1 MiB of refused commands queued: neither paused nor closed"
+
+
+def test_endless_multiline_backend_reply_is_bounded() -> None:
+    script = session()
+    script.client(b"NOOP\r\n")
+    lines = b"250-X\r\n" * 8192
+    fed = 0
+    passed_on = 0
+    closed = False
+    while fed < 4 * 1024 * 1024 and not closed:
+        outs = script.backend(lines)
+        fed += len(lines)
+        passed_on += len(client_bytes(outs))
+        closed = any(isinstance(out, Close) for out in outs)
+    # Either the reply was streamed on (not held) or the session was closed as garbled.
+    assert closed or fed - passed_on < 1024 * 1024

@@ -79,7 +79,7 @@ SMTP_EHLO_REPLY = (
 # A body with everything that could be mistaken for its end or for a command.
 SMTP_BODY = (
     b"From: alice@example.org\r\nSubject: split me\r\n\r\n"
-    b"..a stuffed line\r\n.x\r\n.\rnot the end\r\n\n.\nnor this\r\n"
+    b"..a stuffed line\r\n.x\r\n.\rnot the end\r\n\n..\nnor this\r\n"
     b"STARTTLS\r\nQUIT\r\n" + b"z" * 300 + b"\r\n"
 )
 
@@ -101,8 +101,9 @@ smtp_submission = Session(
         BackendData(b"235 2.7.0 Authentication successful\r\n"),
         ClientData(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"),
         BackendData(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"),
-        ClientData(SMTP_BODY + b".\r\nQUIT\r\n"),
-        BackendData(b"250 2.0.0 Ok: queued as 1234\r\n221 2.0.0 Bye\r\n"),
+        # The STARTTLS after the body is answered locally only if the body's end was found.
+        ClientData(SMTP_BODY + b".\r\nNOOP\r\nSTARTTLS\r\nQUIT\r\n"),
+        BackendData(b"250 2.0.0 Ok: queued as 1234\r\n250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"),
         ClientEof(),
         BackendEof(),
     ],
@@ -113,16 +114,16 @@ smtp_submission = Session(
         + b"AUTH LOGIN\r\nSTARTTLS\r\nc2VjcmV0\r\n"
         + b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
         + SMTP_BODY
-        + b".\r\nQUIT\r\n"
+        + b".\r\nNOOP\r\nQUIT\r\n"
     ),
-    notices=[NoticeKind.STARTTLS],
+    notices=[NoticeKind.STARTTLS, NoticeKind.STARTTLS_REFUSED],
     to_client_contains=[
         SMTP_GREETING,
         b"250 STARTTLS\r\n",
         b"220 2.0.0 Ready to start TLS\r\n",
         b"235 2.7.0",
         b"354 End data",
-        b"250 2.0.0 Ok: queued",
+        b"250 2.0.0 Ok: queued as 1234\r\n250 2.0.0 Ok\r\n503 5.5.1 TLS already active\r\n"
         b"221 2.0.0 Bye\r\n",
     ],
 )
@@ -214,8 +215,10 @@ POP3_CAPA_REPLY = (
 )
 POP3_MESSAGE = (
     b"From: alice@example.org\r\nSubject: split me\r\n\r\n"
-    b"..stuffed\r\n...\r\n.x\r\n\n.\n+OK not a status\r\n-ERR nor this\r\n" + b"m" * 300 + b"\r\n"
+    b"..stuffed\r\n...\r\n.x\r\n\n..\n+OK not a status\r\n-ERR nor this\r\n" + b"m" * 300 + b"\r\n"
 )
+
+POP3_TLS_ACTIVE = b"-ERR Command not permitted when TLS active\r\n"
 
 pop3_stls = Session(
     make=lambda: Pop3ServerMediator(STARTTLS_POLICY),
@@ -233,25 +236,33 @@ pop3_stls = Session(
             b"+OK alice\r\n+OK maildrop has 2 messages\r\n+OK 2 620\r\n"
             b"+OK 2 messages\r\n1 420\r\n2 200\r\n.\r\n"
         ),
-        ClientData(b"RETR 1\r\nTOP 2 0\r\nUIDL 1\r\nQUIT\r\n"),
+        # The -ERR to STLS and the filtered CAPA show where each response was taken to end.
+        ClientData(b"RETR 1\r\nSTLS\r\nTOP 2 0\r\nCAPA\r\nUIDL 1\r\nQUIT\r\n"),
         BackendData(
             b"+OK 420 octets\r\n"
             + POP3_MESSAGE
-            + b".\r\n+OK\r\nSubject: two\r\n\r\n.\r\n+OK 1 whqtswO00WBw418f9t5JxYwZ\r\n"
-            + b"+OK bye\r\n"
+            + b".\r\n+OK\r\nSubject: two\r\n\r\n.\r\n"
+            + POP3_CAPA_REPLY
+            + b"+OK 1 whqtswO00WBw418f9t5JxYwZ\r\n+OK bye\r\n"
         ),
         ClientEof(),
         BackendEof(),
     ],
     to_backend=(
         b"CAPA\r\nCAPA\r\nUSER alice\r\nPASS secret\r\nSTAT\r\nLIST\r\n"
-        b"RETR 1\r\nTOP 2 0\r\nUIDL 1\r\nQUIT\r\n"
+        b"RETR 1\r\nTOP 2 0\r\nCAPA\r\nUIDL 1\r\nQUIT\r\n"
     ),
-    notices=[NoticeKind.STARTTLS],
+    notices=[NoticeKind.STARTTLS, NoticeKind.STARTTLS_REFUSED],
     to_client_contains=[
         b"STLS\r\n.\r\n+OK Begin TLS negotiation\r\n",
-        b"+OK 420 octets\r\n" + POP3_MESSAGE + b".\r\n",
-        b"+OK 1 whqtswO00WBw418f9t5JxYwZ\r\n+OK bye\r\n",
+        b"+OK 420 octets\r\n"
+        + POP3_MESSAGE
+        + b".\r\n"
+        + POP3_TLS_ACTIVE
+        + b"+OK\r\nSubject: two\r\n\r\n.\r\n"
+        + b"+OK Capability list follows\r\n"
+        + b"TOP\r\nUSER\r\nSASL PLAIN LOGIN\r\nRESP-CODES\r\nPIPELINING\r\nUIDL\r\n.\r\n"
+        + b"+OK 1 whqtswO00WBw418f9t5JxYwZ\r\n+OK bye\r\n",
     ],
 )
 
@@ -268,18 +279,22 @@ pop3_pipelined_sasl = Session(
         BackendData(b"+ UGFzc3dvcmQ6\r\n"),
         ClientData(b"c2VjcmV0\r\n"),
         BackendData(b"+OK maildrop locked and ready\r\n"),
-        ClientData(b"RETR 1\r\nQUIT\r\n"),
+        ClientData(b"RETR 1\r\nSTLS\r\nQUIT\r\n"),
         BackendData(b"+OK\r\n" + POP3_MESSAGE + b".\r\n+OK bye\r\n"),
         BackendEof(),
         ClientEof(),
     ],
     to_backend=b"CAPA\r\nAUTH LOGIN\r\nSTLS\r\nc2VjcmV0\r\nRETR 1\r\nQUIT\r\n",
-    notices=[NoticeKind.AUTH_BEFORE_TLS_REFUSED, NoticeKind.STARTTLS],
+    notices=[
+        NoticeKind.AUTH_BEFORE_TLS_REFUSED,
+        NoticeKind.STARTTLS,
+        NoticeKind.STARTTLS_REFUSED,
+    ],
     to_client_contains=[
         b"STLS\r\n.\r\n-ERR [AUTH] Authentication requires TLS, issue STLS first\r\n"
         b"+OK Begin TLS negotiation\r\n",
         b"+OK maildrop locked and ready\r\n+OK\r\n",
-        b".\r\n+OK bye\r\n",
+        POP3_MESSAGE + b".\r\n" + POP3_TLS_ACTIVE + b"+OK bye\r\n",
     ],
 )
 
