@@ -80,15 +80,19 @@ async def relay_both_ways(
     """
     counts = [0, 0]
     idle = False
-
-    async def client_to_backend() -> None:
-        counts[0] = await pump(client, Side.CLIENT, backend, Side.BACKEND, activity)
-
-    async def backend_to_client() -> None:
-        counts[1] = await pump(backend, Side.BACKEND, client, Side.CLIENT, activity)
-
     try:
         async with trio.open_nursery() as nursery:
+            running = 2
+
+            async def copy(index: int, source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+                nonlocal running
+                source_side, sink_side = (
+                    (Side.CLIENT, Side.BACKEND) if index == 0 else (Side.BACKEND, Side.CLIENT)
+                )
+                counts[index] = await pump(source, source_side, sink, sink_side, activity)
+                running -= 1
+                if not running:
+                    nursery.cancel_scope.cancel()  # both directions done: stop the watchdog
 
             async def on_idle() -> None:
                 nonlocal idle
@@ -96,10 +100,8 @@ async def relay_both_ways(
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(activity.watch, on_idle)
-            async with trio.open_nursery() as pumps:
-                pumps.start_soon(client_to_backend)
-                pumps.start_soon(backend_to_client)
-            nursery.cancel_scope.cancel()
+            nursery.start_soon(copy, 0, client, backend)
+            nursery.start_soon(copy, 1, backend, client)
     except BaseExceptionGroup as group:
         raise_first_error(group)
     return counts[0], counts[1], idle

@@ -33,9 +33,6 @@ from tlsgate.protocol.tempfail import backend_unavailable_reply
 from tlsgate.sniff import Verdict, classify
 from tlsgate.tls.failures import TlsHandshakeError
 
-# Closing politely (close_notify) must not hold a session open: a peer that stopped reading
-# gets this long, then the socket is closed anyway.
-CLOSE_TIMEOUT_SECONDS = 2.0
 _STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -254,18 +251,12 @@ class Session:
     # ---- closing ----------------------------------------------------------------------------
 
     async def _close_streams(self) -> None:
+        # A TlsStream bounds its own close_notify (and closes its transport whatever happens);
+        # a socket closes at once. So no deadline is needed here, even shielded at shutdown.
         for stream in (self._client, self._backend):
-            if stream is None:
-                continue
-            with trio.move_on_after(CLOSE_TIMEOUT_SECONDS) as scope:
-                with contextlib.suppress(
-                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
-                ):
+            if stream is not None:
+                with contextlib.suppress(*_STREAM_GONE, OSError):
                     await stream.aclose()
-            if scope.cancelled_caught:
-                await trio.aclose_forcefully(stream)
-        if self._client is not self._raw:
-            await trio.aclose_forcefully(self._raw)
 
 
 def _peer_ip(stream: trio.SocketStream) -> str | None:
