@@ -19,6 +19,7 @@ PURE_MODULES = [
 ]
 IO_MODULES = {"trio", "socket", "ssl", "structlog", "prometheus_client", "time", "tlsgate.net"}
 # STYLE.md asks for ~400; the TLS stream carries trio-style long comments on why, hence 600.
+LINTED_DIRS = [name for name in ("tlsgate", "tests", "bench") if (ROOT / name).is_dir()]
 MODULE_LINE_BUDGET = 600
 
 
@@ -55,7 +56,7 @@ def test_modules_stay_within_the_line_budget() -> None:
 def test_ruff_is_clean() -> None:
     pytest.importorskip("ruff", reason="ruff comes with the test extra")
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "tlsgate", "tests", "bench"],
+        [sys.executable, "-m", "ruff", "check", *LINTED_DIRS],
         cwd=ROOT,
         capture_output=True,
         text=True,
