@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import trio
 
 from tlsgate.config.model import Endpoint
+from tlsgate.net.relay import tune_for_relay
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,9 @@ async def connect_backend(
     for endpoint in endpoints:
         try:
             with trio.fail_after(timeout_seconds):
-                return await _open(endpoint), endpoint
+                stream = await _open(endpoint)
+            tune_for_relay(stream)
+            return stream, endpoint
         except trio.TooSlowError:
             failures.append(BackendFailure(endpoint, "timeout"))
         except OSError as exc:

@@ -7,6 +7,7 @@ The per-chunk path does nothing but receive, send and add to a local counter
 from __future__ import annotations
 
 import contextlib
+import socket
 from enum import StrEnum
 
 import trio
@@ -15,6 +16,21 @@ from tlsgate.net.activity import Activity
 
 # One large read per wakeup: fewer event-loop round trips per megabyte (PERFORMANCE.md).
 RECEIVE_SIZE_BYTES = 256 * 1024
+
+
+# trio's SocketStream sets TCP_NOTSENT_LOWAT to 16 KiB so that send_all returns early and
+# wait_send_all_might_not_block stays honest. A relay wants the opposite: a deep kernel queue
+# so that one 256 KiB chunk goes out in one send. Measured on loopback, client to backend:
+# 490 MB/s at 16 KiB, 750 MB/s at 1 MiB (stunnel in the same run: 420). It reserves no memory.
+RELAY_NOTSENT_LOWAT_BYTES = 1024 * 1024
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+
+
+def tune_for_relay(stream: trio.SocketStream) -> None:
+    """Let the kernel queue a whole relay chunk (Linux; elsewhere a no-op)."""
+    if _TCP_NOTSENT_LOWAT is not None:
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, RELAY_NOTSENT_LOWAT_BYTES)
 
 
 class Side(StrEnum):
