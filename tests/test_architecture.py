@@ -16,6 +16,7 @@ PURE_MODULES = [
     ROOT / "tlsgate" / "config" / "model.py",
     ROOT / "tlsgate" / "config" / "parse.py",
     ROOT / "tlsgate" / "observe" / "events.py",
+    ROOT / "tlsgate" / "net" / "listener_diff.py",  # the reload diff: pure despite its package
 ]
 IO_MODULES = {"trio", "socket", "ssl", "structlog", "prometheus_client", "time", "tlsgate.net"}
 # STYLE.md asks for ~400; the TLS stream carries trio-style long comments on why, hence 600.

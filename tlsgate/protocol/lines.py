@@ -89,7 +89,7 @@ class AmbiguousBodyEndError(Exception):
 class BodyEndScanner:
     """Finds the end of a dot-terminated body across chunk boundaries.
 
-    One `bytes.find` for "\\n." per chunk (it only hits at dot-stuffed lines), no copies of
+    One `bytes.find` for "\\n." per chunk that holds a dot at all, no copies of
     the chunk except when it starts right after an unfinished dot line (a few bytes carried
     over). Create one right after the line that starts the body (the DATA command, a POP3
     `+OK` line): that line's CRLF counts, so an empty body ("." CRLF straight away) is found.
@@ -116,7 +116,9 @@ class BodyEndScanner:
         """
         carried = len(self._carry)
         data = self._carry + chunk if carried else chunk
-        position = data.find(_DOT_LINE_START)
+        # A dot line needs a dot. Base64 attachments, the bulk of large mail, have none, and
+        # memchr finds that out at ~70 GB/s where the two-byte find runs at ~1 GB/s.
+        position = data.find(_DOT_LINE_START) if b"." in data else -1
         while position >= 0:
             following = data[position + 2 : position + 4]
             after_cr = position > 0 and data[position - 1] == _CR
