@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tlsgate.config import (
     CertificateEntry,
+    ClientAuth,
     Config,
     ConfigError,
     ConfigProblem,
@@ -20,6 +21,7 @@ from tlsgate.config import (
     LogConfig,
     LogFormat,
     LogLevel,
+    Profile,
     Protocol,
     TlsMode,
     TlsSettings,
@@ -196,7 +198,10 @@ def test_absent_optional_keys_take_the_model_defaults() -> None:
 
 
 def test_every_listener_field_is_a_config_key() -> None:
-    assert set(load._LISTENER_KEYS) == {f.name for f in fields(ListenerConfig)}
+    # client_ca's parser is made per document (it resolves against the file's directory);
+    # ciphersuites is a known key only to be refused with a reason.
+    keys = set(load._LISTENER_KEYS) | {"client_ca"}
+    assert keys == {f.name for f in fields(ListenerConfig)} | {"ciphersuites"}
 
 
 @pytest.mark.usefixtures("here")
@@ -370,7 +375,8 @@ def test_listener_value_problems(line: str, message: str) -> None:
         ),
         (
             "[metrics]\nlisten = 1\n" + MINIMAL,
-            "metrics: expected one of shutdown_timeout, log, tls, certificate, listener, "
+            "metrics: expected one of shutdown_timeout, reload_certificates_interval, log, tls, "
+            "certificate, listener, "
             'got unknown key "metrics"',
         ),
         (
@@ -401,13 +407,19 @@ def test_listener_value_problems(line: str, message: str) -> None:
             'got "TLSv1.3"',
         ),
         (
-            '[[certificate]]\ncert = "a.pem"\n' + LISTENER,
-            "certificate[0].key: expected a value (the key is required), got nothing",
+            '[[certificate]]\nkey = "a.key"\n' + LISTENER,
+            "certificate[0].cert: expected a value (cert, or else pkcs12, is required), "
+            "got nothing",
         ),
         (
-            '[[certificate]]\npkcs12 = "mail.p12"\n' + LISTENER,
-            "certificate[0].pkcs12: expected cert and key (PKCS#12 is not supported yet), "
+            '[[certificate]]\ncert = "a.pem"\npkcs12 = "mail.p12"\n' + LISTENER,
+            "certificate[0].pkcs12: expected no pkcs12 next to cert (one or the other), "
             'got "mail.p12"',
+        ),
+        (
+            '[[certificate]]\npkcs12 = "mail.p12"\nkey = "mail.key"\n' + LISTENER,
+            "certificate[0].key: expected no key with pkcs12 (the PKCS#12 file holds the key), "
+            'got "mail.key"',
         ),
         (
             '[[certificate]]\ncert = ""\nkey = "k"\n' + LISTENER,
@@ -489,6 +501,207 @@ def test_warnings_found_before_an_error_travel_with_it() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(text))
     assert [w.key for w in caught.value.warnings] == ["listener[0].require_tls"]
+
+
+# ---- certificates and TLS policy (issue 3) ---------------------------------------------------
+
+
+def test_certificate_and_tls_policy_keys_round_trip(here: Path) -> None:
+    text = """
+    reload_certificates_interval = 60
+    [tls]
+    profile = "modern"
+    ciphers = "ECDHE+AESGCM"
+    [[certificate]]
+    name = "mail"
+    cert = "mail.pem"
+    [[certificate]]
+    pkcs12 = "old.p12"
+    password_file = "secrets/old.pass"
+    default = true
+    [[listener]]
+    name = "imaps"
+    listen = "127.0.0.1:993"
+    protocol = "tcp"
+    tls = "implicit"
+    backend = "127.0.0.1:143"
+    profile = "legacy"
+    min_version = "TLSv1.1"
+    max_version = "TLSv1.2"
+    ciphers = "HIGH:!aNULL"
+    certificates = ["mail", "old"]
+    client_auth = "required"
+    client_ca = "clients/ca.pem"
+    """
+    config = load_config(write(text))
+    assert config.reload_certificates_interval == 60.0
+    assert config.tls == TlsSettings(profile=Profile.MODERN, ciphers="ECDHE+AESGCM")
+    assert config.certificates == (
+        CertificateEntry(name="mail", cert=here / "mail.pem"),
+        CertificateEntry(
+            pkcs12=here / "old.p12", password_file=here / "secrets/old.pass", default=True
+        ),
+    )
+    listener = config.listeners[0]
+    assert (listener.profile, listener.min_version, listener.max_version) == (
+        Profile.LEGACY,
+        TlsVersion.TLSV1_1,
+        TlsVersion.TLSV1_2,
+    )
+    assert listener.ciphers == "HIGH:!aNULL"
+    assert listener.certificates == ("mail", "old")
+    assert (listener.client_auth, listener.client_ca) == (
+        ClientAuth.REQUIRED,
+        here / "clients/ca.pem",
+    )
+
+
+@pytest.mark.usefixtures("here")
+def test_tls_policy_defaults_to_intermediate_with_no_reload_timer() -> None:
+    config = load_config(write(MINIMAL))
+    assert config.tls.profile is Profile.INTERMEDIATE
+    assert config.tls.versions == (TlsVersion.TLSV1_2, TlsVersion.TLSV1_3)
+    assert config.reload_certificates_interval is None
+    listener = config.listeners[0]
+    assert listener.tls_settings(config.tls) == config.tls
+    assert (listener.certificates, listener.client_auth) == ((), ClientAuth.NONE)
+
+
+@pytest.mark.usefixtures("here")
+def test_a_reload_interval_of_zero_means_off() -> None:
+    assert (
+        load_config(
+            write("reload_certificates_interval = 0\n" + MINIMAL)
+        ).reload_certificates_interval
+        is None
+    )
+
+
+def test_a_listener_overrides_tls_key_by_key() -> None:
+    defaults = TlsSettings(profile=Profile.LEGACY, min_version=TlsVersion.TLSV1_2, ciphers="X")
+    listener = ListenerConfig(
+        name="a",
+        listen=Endpoint("127.0.0.1", 0),
+        protocol=Protocol.TCP,
+        tls=TlsMode.IMPLICIT,
+        backend=(Endpoint("127.0.0.1", 1),),
+        profile=Profile.MODERN,
+        max_version=TlsVersion.TLSV1_3,
+    )
+    assert listener.tls_settings(defaults) == TlsSettings(
+        profile=Profile.MODERN,
+        min_version=TlsVersion.TLSV1_2,
+        max_version=TlsVersion.TLSV1_3,
+        ciphers="X",
+    )
+
+
+@pytest.mark.usefixtures("here")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[tls]\nciphersuites = "TLS_AES_128_GCM_SHA256"\n' + MINIMAL,
+            "tls.ciphersuites: expected no ciphersuites key (not supported by Python's ssl, which "
+            "cannot choose TLS 1.3 suites; OpenSSL's defaults, all AEAD, are used), got "
+            '"TLS_AES_128_GCM_SHA256"',
+        ),
+        (
+            listener_with('ciphersuites = "TLS_AES_128_GCM_SHA256"'),
+            "listener[0].ciphersuites: expected no ciphersuites key (not supported by Python's "
+            "ssl, which cannot choose TLS 1.3 suites; OpenSSL's defaults, all AEAD, are used), "
+            'got "TLS_AES_128_GCM_SHA256"',
+        ),
+        (
+            '[tls]\nprofile = "paranoid"\n' + MINIMAL,
+            'tls.profile: expected one of "modern", "intermediate", "legacy", got "paranoid"',
+        ),
+        (
+            '[tls]\nprofile = "modern"\nmax_version = "TLSv1.2"\n' + MINIMAL,
+            'tls.max_version: expected a version no lower than profile "modern" ("TLSv1.3"), '
+            'got "TLSv1.2"',
+        ),
+        (
+            '[tls]\nmax_version = "TLSv1.2"\n' + listener_with('profile = "modern"'),
+            'listener[0].profile: expected a profile allowing tls.max_version ("TLSv1.2"), '
+            'got "modern"',
+        ),
+        (
+            '[tls]\nmax_version = "TLSv1.2"\n' + listener_with('min_version = "TLSv1.3"'),
+            "listener[0].min_version: expected a version no higher than tls.max_version "
+            '("TLSv1.2"), got "TLSv1.3"',
+        ),
+        (
+            listener_with('ciphers = ""'),
+            "listener[0].ciphers: expected an OpenSSL cipher string such as "
+            '"ECDHE+AESGCM:ECDHE+CHACHA20", got ""',
+        ),
+        (
+            listener_with("certificates = []"),
+            "listener[0].certificates: expected a non-empty list of certificate names, got []",
+        ),
+        (
+            listener_with('client_auth = "required"'),
+            'listener[0].client_ca: expected a CA file or directory (client_auth = "required" '
+            "verifies clients with it), got nothing",
+        ),
+        (
+            listener_with('client_auth = "maybe"'),
+            'listener[0].client_auth: expected one of "none", "optional", "required", got "maybe"',
+        ),
+        (
+            CERTIFICATE + "default = true\n" + CERTIFICATE + "default = true\n" + LISTENER,
+            "certificate[1].default: expected at most one default certificate, got true (also "
+            "certificate[0])",
+        ),
+        (
+            '[[certificate]]\ncert = "a.pem"\nname = "two words"\n' + LISTENER,
+            "certificate[0].name: expected a certificate name (printable, no spaces), "
+            'got "two words"',
+        ),
+        (
+            "reload_certificates_interval = -5\n" + MINIMAL,
+            "reload_certificates_interval: expected a number of seconds greater than 0, or 0 for "
+            "off, got -5",
+        ),
+    ],
+)
+def test_certificate_and_tls_problems(text: str, message: str) -> None:
+    assert problems(text) == [f"tlsgate.toml: {message}"]
+
+
+@pytest.mark.usefixtures("here")
+def test_versions_below_tls12_without_the_legacy_profile_warn() -> None:
+    assert warnings_of('[tls]\nmin_version = "TLSv1"\n' + MINIMAL) == [
+        'tlsgate.toml: tls.min_version: expected profile = "legacy" for versions below TLSv1.2 '
+        '(profile "intermediate" has no cipher for them), got "TLSv1"'
+    ]
+    assert warnings_of('[tls]\nprofile = "legacy"\nmin_version = "TLSv1.1"\n' + MINIMAL) == []
+
+
+@pytest.mark.usefixtures("here")
+def test_client_ca_without_client_auth_warns() -> None:
+    assert warnings_of(listener_with('client_ca = "ca.pem"')) == [
+        'tlsgate.toml: listener[0].client_ca: expected client_auth = "optional" or "required" '
+        'with client_ca (ignored without), got "ca.pem"'
+    ]
+
+
+@pytest.mark.usefixtures("here")
+@pytest.mark.parametrize(
+    ("line", "rendered"),
+    [
+        ('profile = "legacy"', '"legacy"'),
+        ('certificates = ["mail"]', '["mail"]'),
+        ('client_auth = "optional"', '"optional"'),
+    ],
+)
+def test_tls_keys_on_a_plaintext_listener_only_warn(line: str, rendered: str) -> None:
+    key = line.split(" ")[0]
+    assert warnings_of(listener_with('tls = "none"') + line + "\n") == [
+        f'tlsgate.toml: listener[0].{key}: expected no {key} on a tls = "none" listener '
+        f"(it is ignored there), got {rendered}"
+    ]
 
 
 # ---- the file itself ---------------------------------------------------------------------

@@ -11,12 +11,14 @@ from tlsgate.config.load import (
 )
 from tlsgate.config.model import (
     CertificateEntry,
+    ClientAuth,
     Config,
     Endpoint,
     ListenerConfig,
     LogConfig,
     LogFormat,
     LogLevel,
+    Profile,
     Protocol,
     TlsMode,
     TlsSettings,
@@ -25,6 +27,7 @@ from tlsgate.config.model import (
 
 __all__ = [
     "CertificateEntry",
+    "ClientAuth",
     "Config",
     "ConfigError",
     "ConfigProblem",
@@ -34,6 +37,7 @@ __all__ = [
     "LogConfig",
     "LogFormat",
     "LogLevel",
+    "Profile",
     "Protocol",
     "TlsMode",
     "TlsSettings",

@@ -15,72 +15,53 @@ the same lines.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, fields
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from tlsgate.config import parse
+from tlsgate.config import parse, tls_rules
 from tlsgate.config.model import (
     CertificateEntry,
+    ClientAuth,
     Config,
     Endpoint,
     ListenerConfig,
     LogConfig,
     LogFormat,
     LogLevel,
+    Profile,
     Protocol,
     TlsMode,
     TlsSettings,
-    TlsVersion,
 )
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+from tlsgate.config.walk import (
+    ConfigError,
+    ConfigProblem,
+    ConfigWarning,
+    Parser,
+    Walk,
+)
+
+__all__ = [  # the finding types are re-exported: callers import them from here
+    "ConfigError",
+    "ConfigProblem",
+    "ConfigWarning",
+    "load_config",
+    "load_config_with_warnings",
+    "parse_config",
+    "parse_config_with_warnings",
+]
+
 T = TypeVar("T")
-Parser = Callable[[object], object]
-
-
-@dataclass(frozen=True, slots=True)
-class _Finding:
-    file: str  # the config file as the user named it
-    key: str  # key path such as `listener[0].tls`; empty for the file as a whole
-    expected: str
-    got: str  # already rendered for display
-
-    def __str__(self) -> str:
-        where = f"{self.file}: {self.key}" if self.key else self.file
-        return f"{where}: expected {self.expected}, got {self.got}"
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem(_Finding):
-    """An error: the config must not be used."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigWarning(_Finding):
-    """Worth telling the operator, but the config is usable (`check` still exits 0)."""
-
-
-class ConfigError(Exception):
-    """The config is invalid; `problems` holds every problem found.
-
-    Problems with single values come first, in file order, then those across fields.
-    """
-
-    def __init__(
-        self, problems: Sequence[ConfigProblem], warnings: Sequence[ConfigWarning] = ()
-    ) -> None:
-        self.problems = tuple(problems)
-        self.warnings = tuple(warnings)  # found on the way; still worth printing
-        super().__init__("\n".join(str(problem) for problem in self.problems))
 
 
 # ---- the key tables ------------------------------------------------------------------------
@@ -98,29 +79,50 @@ _LISTENER_KEYS: Mapping[str, Parser] = {
     "handshake_timeout": parse.parse_duration,
     "idle_timeout": parse.parse_duration,
     "connect_timeout": parse.parse_duration,
+    # The TLS policy keys of [tls], per listener (client_ca, a path, is added per document).
+    "profile": parse.enum_parser(Profile),
+    "min_version": parse.parse_tls_version,
+    "max_version": parse.parse_tls_version,
+    "ciphers": parse.parse_cipher_string,
+    "ciphersuites": parse.parse_ciphersuites,
+    "certificates": parse.parse_certificate_names,
+    "client_auth": parse.enum_parser(ClientAuth),
 }
 _LOG_KEYS: Mapping[str, Parser] = {
     "format": parse.enum_parser(LogFormat),
     "level": parse.enum_parser(LogLevel, aliases={"warn": LogLevel.WARNING}),
 }
 _TLS_KEYS: Mapping[str, Parser] = {
+    "profile": parse.enum_parser(Profile),
     "min_version": parse.parse_tls_version,
     "max_version": parse.parse_tls_version,
+    "ciphers": parse.parse_cipher_string,
+    "ciphersuites": parse.parse_ciphersuites,
 }
 # Nested tables pass through unparsed here; each is walked with its own key table below.
 _TOP_KEYS: Mapping[str, Parser] = {
     "shutdown_timeout": parse.parse_duration,
+    "reload_certificates_interval": parse.parse_interval_or_off,
     "log": lambda raw: raw,
     "tls": lambda raw: raw,
     "certificate": lambda raw: raw,
     "listener": lambda raw: raw,
 }
-_PKCS12_UNSUPPORTED = "cert and key (PKCS#12 is not supported yet)"
 # CONTRACT.md: these act only with tls = "starttls" or "auto"; set on tls = "none", they warn.
-_IGNORED_WITHOUT_TLS = ("auth_requires_tls", "require_tls")
+# The TLS policy keys join them: a listener without TLS has no handshake to apply them to.
+_IGNORED_WITHOUT_TLS = (
+    "auth_requires_tls",
+    "require_tls",
+    "profile",
+    "min_version",
+    "max_version",
+    "ciphers",
+    "certificates",
+    "client_auth",
+    "client_ca",
+)
 _CERTIFICATE_MODES = (TlsMode.IMPLICIT, TlsMode.STARTTLS, TlsMode.AUTO)
 _TCP_MODES = (TlsMode.IMPLICIT, TlsMode.AUTO, TlsMode.NONE)
-_VERSION_ORDER = tuple(TlsVersion)
 _TOML_POSITION = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)$")
 
 
@@ -129,67 +131,6 @@ def _required(cls: type[DataclassInstance]) -> tuple[str, ...]:
     return tuple(
         f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
     )
-
-
-class _Walk:
-    """Collects findings for one file while tables are parsed."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[ConfigProblem] = []
-        self.warnings: list[ConfigWarning] = []
-
-    def error(self, key: str, expected: str, got: str) -> None:
-        self.problems.append(ConfigProblem(self.file, key, expected, got))
-
-    def warn(self, key: str, expected: str, got: str) -> None:
-        self.warnings.append(ConfigWarning(self.file, key, expected, got))
-
-    def unknown(self, path: str, key: str, known: Collection[str]) -> None:
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = (
-            f'a known key (did you mean "{close[0]}"?)' if close else "one of " + ", ".join(known)
-        )
-        self.error(_join(path, key), hint, f"unknown key {parse.render(key)}")
-
-    def table(
-        self,
-        path: str,
-        raw: object,
-        parsers: Mapping[str, Parser],
-        required: Collection[str] = (),
-    ) -> dict[str, object]:
-        """Parse one table; returns the keys that parsed (problems recorded, not raised)."""
-        if not isinstance(raw, Mapping):
-            self.error(path, "a table", parse.render(raw))
-            return {}
-        values: dict[str, object] = {}
-        for key, value in raw.items():
-            if key not in parsers:
-                self.unknown(path, key, parsers)
-                continue
-            try:
-                values[key] = parsers[key](value)
-            except parse.Invalid as exc:
-                for index, item, why in exc.items:
-                    self.error(f"{_join(path, key)}[{index}]", why.expected, parse.render(item))
-                if not exc.items:
-                    self.error(_join(path, key), exc.expected, parse.render(value))
-        for key in required:
-            if key not in raw:
-                self.error(_join(path, key), "a value (the key is required)", "nothing")
-        return values
-
-    def array(self, key: str, raw: object) -> list[object]:
-        """An array of tables (`[[key]]`); anything else is one problem."""
-        if isinstance(raw, list) and all(isinstance(item, Mapping) for item in raw):
-            return list(raw)
-        self.error(key, f"an array of tables ([[{key}]])", parse.render(raw))
-        return []
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 def _build(factory: Callable[..., T], values: Mapping[str, object]) -> T:
@@ -216,26 +157,34 @@ def parse_config_with_warnings(
     Raises:
         ConfigError: with every problem found (and the warnings found on the way).
     """
-    walk = _Walk(str(source))
+    walk = Walk(str(source))
     top = walk.table("", data, _TOP_KEYS)
     log = walk.table("log", top.get("log", {}), _LOG_KEYS)
     tls = walk.table("tls", top.get("tls", {}), _TLS_KEYS)
-    _check_versions(walk, tls)
+    tls_rules.check_versions(walk, "tls", tls, {})
     base = source.absolute().parent
     certificates = [
-        _certificate(walk, f"certificate[{index}]", raw, base)
+        tls_rules.certificate_entry(walk, f"certificate[{index}]", raw, base)
         for index, raw in enumerate(walk.array("certificate", top.get("certificate", [])))
     ]
+    tls_rules.check_defaults(walk, certificates)
+    listener_keys: dict[str, Parser] = {
+        **_LISTENER_KEYS,
+        "client_ca": partial(parse.parse_path, base=base),
+    }
+    raw_listeners = walk.array("listener", top.get("listener", []))
     listeners = [
-        walk.table(f"listener[{index}]", raw, _LISTENER_KEYS, _required(ListenerConfig))
-        for index, raw in enumerate(walk.array("listener", top.get("listener", [])))
+        walk.table(f"listener[{index}]", raw, listener_keys, _required(ListenerConfig))
+        for index, raw in enumerate(raw_listeners)
     ]
     if not listeners and isinstance(top.get("listener", []), list):
         walk.error("listener", "at least one [[listener]]", "none")
-    _check_listeners(walk, listeners, have_certificates=bool(certificates))
+    _check_listeners(walk, listeners, raw_listeners, tls, have_certificates=bool(certificates))
     if walk.problems:
         raise ConfigError(walk.problems, walk.warnings)
-    settings = {key: top[key] for key in ("shutdown_timeout",) if key in top}
+    settings: dict[str, object] = {
+        key: top[key] for key in ("shutdown_timeout", "reload_certificates_interval") if key in top
+    }
     config = _build(
         Config,
         {
@@ -250,34 +199,26 @@ def parse_config_with_warnings(
     return config, walk.warnings
 
 
-def _certificate(walk: _Walk, path: str, raw: object, base: Path) -> dict[str, object]:
-    at_base = partial(parse.parse_path, base=base)
-    if isinstance(raw, Mapping) and "pkcs12" in raw:
-        walk.error(_join(path, "pkcs12"), _PKCS12_UNSUPPORTED, parse.render(raw["pkcs12"]))
-        rest = {k: v for k, v in raw.items() if k != "pkcs12"}
-        return walk.table(path, rest, {"cert": at_base, "key": at_base})
-    return walk.table(path, raw, {"cert": at_base, "key": at_base}, _required(CertificateEntry))
-
-
-def _check_versions(walk: _Walk, tls: Mapping[str, object]) -> None:
-    low, high = tls.get("min_version"), tls.get("max_version")
-    if (
-        isinstance(low, TlsVersion)
-        and isinstance(high, TlsVersion)
-        and _VERSION_ORDER.index(low) > _VERSION_ORDER.index(high)
-    ):
-        expected = f'a version no higher than tls.max_version ("{high}")'
-        walk.error("tls.min_version", expected, parse.render(str(low)))
-
-
 def _check_listeners(
-    walk: _Walk, listeners: Sequence[Mapping[str, object]], *, have_certificates: bool
+    walk: Walk,
+    listeners: Sequence[Mapping[str, object]],
+    raws: Sequence[object],
+    tls: Mapping[str, object],
+    *,
+    have_certificates: bool,
 ) -> None:
-    """Rules across fields and across listeners, run on whatever keys parsed."""
+    """Rules across fields and across listeners, run on whatever keys parsed.
+
+    `raws` are the tables as written: a warning shows a value the way the file spells it.
+    """
     claimed: dict[tuple[str, object], int] = {}  # (key, identity) -> first listener index
-    for index, values in enumerate(listeners):
+    for index, (values, raw) in enumerate(zip(listeners, raws, strict=True)):
         path = f"listener[{index}]"
-        _check_listener(walk, path, values, have_certificates=have_certificates)
+        assert isinstance(raw, Mapping), "walk.array returns tables only"
+        _check_listener(walk, path, values, raw, have_certificates=have_certificates)
+        if values.get("tls") is not TlsMode.NONE:
+            tls_rules.check_versions(walk, path, values, tls)
+            tls_rules.check_client_auth(walk, path, values, raw)
         for key, identity in _claims(values):
             first = claimed.setdefault((key, identity), index)
             if first != index:
@@ -286,7 +227,12 @@ def _check_listeners(
 
 
 def _check_listener(
-    walk: _Walk, path: str, values: Mapping[str, object], *, have_certificates: bool
+    walk: Walk,
+    path: str,
+    values: Mapping[str, object],
+    raw: Mapping[str, object],
+    *,
+    have_certificates: bool,
 ) -> None:
     protocol, mode = values.get("protocol"), values.get("tls")
     if protocol is Protocol.TCP and isinstance(mode, TlsMode) and mode not in _TCP_MODES:
@@ -299,7 +245,7 @@ def _check_listener(
         for key in _IGNORED_WITHOUT_TLS:
             if key in values:
                 expected = f'no {key} on a tls = "none" listener (it is ignored there)'
-                walk.warn(f"{path}.{key}", expected, parse.render(values[key]))
+                walk.warn(f"{path}.{key}", expected, parse.render(raw[key]))
 
 
 def _alternatives(modes: Sequence[TlsMode]) -> str:

@@ -8,6 +8,7 @@ Frozen dataclasses are hashable, which lets a reload diff listeners by value.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -49,6 +50,35 @@ class TlsVersion(StrEnum):
     TLSV1_3 = "TLSv1.3"
 
 
+class Profile(StrEnum):
+    """Mozilla's Server Side TLS configurations (https://wiki.mozilla.org/Security/Server_Side_TLS).
+
+    `legacy` is Mozilla's "old": TLS 1.0 and 1.1 for clients of the Windows XP / Outlook 2007
+    era. The cipher strings live in `tlsgate.tls.policy`; the version range is here, because
+    the loader checks `min_version <= max_version` against it.
+    """
+
+    MODERN = "modern"
+    INTERMEDIATE = "intermediate"
+    LEGACY = "legacy"
+
+
+# The versions each profile allows when min_version / max_version are not set (Mozilla v5.7).
+PROFILE_VERSIONS: Mapping[Profile, tuple[TlsVersion, TlsVersion]] = {
+    Profile.MODERN: (TlsVersion.TLSV1_3, TlsVersion.TLSV1_3),
+    Profile.INTERMEDIATE: (TlsVersion.TLSV1_2, TlsVersion.TLSV1_3),
+    Profile.LEGACY: (TlsVersion.TLSV1, TlsVersion.TLSV1_3),
+}
+
+
+class ClientAuth(StrEnum):
+    """Whether a listener asks TLS clients for a certificate (verified against `client_ca`)."""
+
+    NONE = "none"
+    OPTIONAL = "optional"  # asked for; a client without one is let in, a bad one is refused
+    REQUIRED = "required"  # a client without a valid certificate fails the handshake
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A TCP address; `host` is a name or an IP literal without brackets."""
@@ -68,17 +98,47 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsSettings:
-    """Server-side TLS policy. Unset versions mean "the profile decides" (CONTRACT.md);
-    until profiles exist (issue 3) that is a TLS 1.2 floor and no ceiling."""
+    """Server-side TLS policy: `[tls]`, or one listener's effective policy (`tls_settings`).
 
+    Unset versions and ciphers mean "the profile decides" (CONTRACT.md); any that is set
+    overrides the profile.
+    """
+
+    profile: Profile = Profile.INTERMEDIATE
     min_version: TlsVersion | None = None
     max_version: TlsVersion | None = None
+    ciphers: str | None = None  # OpenSSL cipher string for TLS 1.2 and below
+
+    @property
+    def versions(self) -> tuple[TlsVersion, TlsVersion]:
+        """The (lowest, highest) version allowed: the settings, else the profile's."""
+        low, high = PROFILE_VERSIONS[self.profile]
+        return self.min_version or low, self.max_version or high
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CertificateEntry:
-    cert: Path  # absolute: resolved against the config file's directory
-    key: Path
+    """One `[[certificate]]`: PEM `cert` (+ `key`, unless `cert` holds it) or `pkcs12`.
+
+    The loader guarantees exactly one of `cert` and `pkcs12`, and `key` only with `cert`.
+    Paths are absolute: resolved against the config file's directory.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    pkcs12: Path | None = None
+    password_file: Path | None = None  # the password of an encrypted key or PKCS#12 file
+    # Listeners select certificates by it; unset, it is the first DNS name of the certificate,
+    # else the file's stem (`tlsgate.tls.certstore` decides, since it needs the file).
+    name: str | None = None
+    default: bool = False  # serves clients without SNI or with an unknown name
+
+    @property
+    def source(self) -> Path:
+        """The file holding the certificate."""
+        source = self.cert or self.pkcs12
+        assert source is not None, "the loader guarantees cert or pkcs12"
+        return source
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +155,23 @@ class ListenerConfig:
     handshake_timeout: float = 10.0  # seconds, counted from accept
     idle_timeout: float = 300.0  # seconds without a byte in either direction
     connect_timeout: float = 10.0  # seconds per backend connection attempt
+    # TLS policy for this listener alone; unset keys take `[tls]`'s (see `tls_settings`).
+    profile: Profile | None = None
+    min_version: TlsVersion | None = None
+    max_version: TlsVersion | None = None
+    ciphers: str | None = None
+    certificates: tuple[str, ...] = ()  # certificate names this listener serves; () = all
+    client_auth: ClientAuth = ClientAuth.NONE
+    client_ca: Path | None = None  # PEM file, or directory of PEM files, to verify clients
+
+    def tls_settings(self, defaults: TlsSettings) -> TlsSettings:
+        """This listener's TLS policy: each key set here replaces the same key of `[tls]`."""
+        return TlsSettings(
+            profile=self.profile or defaults.profile,
+            min_version=self.min_version or defaults.min_version,
+            max_version=self.max_version or defaults.max_version,
+            ciphers=self.ciphers or defaults.ciphers,
+        )
 
     @property
     def mediates(self) -> bool:
@@ -106,6 +183,8 @@ class ListenerConfig:
 class Config:
     source: Path  # the file this was loaded from; relative paths resolved against its parent
     shutdown_timeout: float = 30.0  # seconds to let sessions finish on SIGTERM
+    # Seconds between looks at the certificate files' identities; None: only SIGHUP reloads.
+    reload_certificates_interval: float | None = None
     log: LogConfig = field(default_factory=LogConfig)
     tls: TlsSettings = field(default_factory=TlsSettings)
     certificates: tuple[CertificateEntry, ...] = ()

@@ -129,6 +129,55 @@ def enum_parser(cls: type[E], aliases: Mapping[str, E] | None = None) -> Callabl
 
 parse_tls_version = enum_parser(TlsVersion)
 
+# A certificate name: a DNS name (wildcards included) or a file stem, so no spaces or controls.
+_CERTIFICATE_NAME = re.compile(r"[!-~]{1,253}")
+# An OpenSSL cipher string: names joined by ":" "," or " ", with "!" "+" "-" "@" modifiers.
+# Whether it selects any cipher only OpenSSL can say, when the context is built.
+_CIPHER_STRING = re.compile(r"[A-Za-z0-9_:@=+!.,\- ]{1,2000}")
+
+
+def parse_certificate_name(value: object) -> str:
+    if isinstance(value, str) and _CERTIFICATE_NAME.fullmatch(value):
+        return value
+    raise Invalid("a certificate name (printable, no spaces)")
+
+
+def parse_certificate_names(value: object) -> tuple[str, ...]:
+    """A non-empty list of certificate names (a listener's `certificates`)."""
+    if isinstance(value, list) and value:
+        return _items(value, parse_certificate_name)
+    raise Invalid("a non-empty list of certificate names")
+
+
+def parse_cipher_string(value: object) -> str:
+    if isinstance(value, str) and _CIPHER_STRING.fullmatch(value) and value.strip():
+        return value
+    raise Invalid('an OpenSSL cipher string such as "ECDHE+AESGCM:ECDHE+CHACHA20"')
+
+
+def parse_ciphersuites(value: object) -> str:
+    """Always invalid: Python's `ssl` has no API for TLS 1.3 cipher suites.
+
+    `SSL_CTX_set_ciphersuites` is not exposed (Python 3.11 to 3.13), so accepting the key would
+    mean ignoring it. OpenSSL's default TLS 1.3 suites are the three AEAD suites every Mozilla
+    profile lists, so there is nothing to tighten.
+    """
+    del value
+    raise Invalid(
+        "no ciphersuites key (not supported by Python's ssl, which cannot choose TLS 1.3 "
+        "suites; OpenSSL's defaults, all AEAD, are used)"
+    )
+
+
+def parse_interval_or_off(value: object) -> float | None:
+    """Seconds between periodic checks; 0 turns them off (None)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return None
+    try:
+        return parse_duration(value)
+    except Invalid:
+        raise Invalid("a number of seconds greater than 0, or 0 for off") from None
+
 
 def is_host(text: str) -> bool:
     """An IP literal (v4, or v6 without brackets) or a syntactically valid DNS name."""

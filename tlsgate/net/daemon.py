@@ -8,6 +8,7 @@ import sys
 import trio
 
 from tlsgate.config.model import Config
+from tlsgate.net.reload import Reloader
 from tlsgate.net.server import Bound, ListenerBindError, Server
 from tlsgate.observe.events import NoticeKind
 from tlsgate.observe.logs import configure_logging, get_logger
@@ -20,7 +21,7 @@ def run_daemon(config: Config) -> int:
     """Run until SIGTERM/SIGINT, drain, and return the process exit code.
 
     The first signal stops accepting and lets sessions finish for `shutdown_timeout`; a second
-    one closes them at once.
+    one closes them at once. SIGHUP reloads the config and certificates (`net.reload`).
     """
     configure_logging(config.log)
     exit_code = EXIT_OK
@@ -35,9 +36,10 @@ def run_daemon(config: Config) -> int:
 
 
 async def _serve_until_signalled(config: Config) -> None:
-    log = get_logger()
     server = Server(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    reloader = Reloader(server)
+    # SIGHUP is received from the start: its default action would end the process.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop(
@@ -47,10 +49,15 @@ async def _serve_until_signalled(config: Config) -> None:
                 nursery.cancel_scope.cancel()  # drained: stop waiting for signals
 
             await nursery.start(serve_then_stop)
+            nursery.start_soon(reloader.run)
             async for signum in signals:
-                log.info("signal", signal=signal.Signals(signum).name)
-                if server.draining:
+                # Fetched per signal: a reload may have changed the log settings.
+                get_logger().info("signal", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    reloader.request_reload()
+                elif server.draining:
                     nursery.cancel_scope.cancel()
                     break
-                server.shutdown()
-    log.info(NoticeKind.STOPPED.value)
+                else:
+                    server.shutdown()
+    get_logger().info(NoticeKind.STOPPED.value)

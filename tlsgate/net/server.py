@@ -1,23 +1,29 @@
-"""Listeners: bind, accept, hand each connection to a Session, drain on shutdown.
+"""Listeners: bind, accept, hand each connection to a Session, drain on shutdown, reconfigure.
 
 Accept loops run in their own nursery inside the handler nursery (hypercorn's shape): stopping
 them leaves sessions running, and a deadline on the handler nursery bounds the drain.
+
+Each bound listener (`_Listening`) holds its sockets and the `ListenerConfig` that new sessions
+get; an accept loop reads that config and the TLS context at accept time, and the session keeps
+both to its end. `reconfigure` swaps them between two accepts, so a reload changes what the
+next session gets and never what a running one has.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
-import ssl
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import trio
 
-from tlsgate.config.model import Config, ListenerConfig, TlsMode
-from tlsgate.net.session import Session, remember_sni
+from tlsgate.config.model import Config, ListenerConfig
+from tlsgate.net.listener_diff import ListenerDiff, diff_listeners
+from tlsgate.net.session import Session
 from tlsgate.observe.events import NoticeKind
-from tlsgate.observe.logs import get_logger
-from tlsgate.tls.contexts import build_server_context
+from tlsgate.observe.logs import configure_logging, get_logger
+from tlsgate.tls.contexts import TlsSnapshot, build_tls_snapshot
 
 # Out of file descriptors or kernel memory: the accept loop waits and tries again rather than
 # dying (trio's serve_listeners does the same).
@@ -38,15 +44,37 @@ class ListenerBindError(Exception):
         self.listener = listener
 
 
-@dataclass(slots=True)
-class _Bound:
-    config: ListenerConfig
+def build_tls(config: Config) -> TlsSnapshot:
+    """Load every certificate of `config` and build its listeners' server contexts.
+
+    The one place the server gets its TLS contexts from, at start and on every reload. Pure
+    apart from reading the certificate files: nothing running is touched, so a reload can call
+    it off to the side and drop the result if it fails.
+
+    Raises:
+        ConfigError: a certificate or key is unusable, or none is configured.
+    """
+    return build_tls_snapshot(config)
+
+
+@dataclass(slots=True, eq=False)
+class _Listening:
+    config: ListenerConfig  # what the next session accepted here gets; a reload may replace it
     sockets: list[trio.SocketListener]
+    accepting: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self.sockets[0].socket.getsockname()[:2]
         return str(host), int(port)
+
+    @property
+    def address_text(self) -> str:
+        return "{}:{}".format(*self.address)
+
+    async def aclose(self) -> None:
+        for listener_socket in self.sockets:
+            await listener_socket.aclose()
 
 
 class Server:
@@ -55,7 +83,10 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.draining = False
+        self._tls: TlsSnapshot | None = None
+        self._listening: dict[str, _Listening] = {}
         self._accept_scope = trio.CancelScope()
+        self._acceptors: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self._connection_ids = itertools.count(1)
         self._log = get_logger()
@@ -68,35 +99,29 @@ class Server:
         """Bind every listener, report the bound addresses, serve, and return once drained.
 
         Raises:
+            ConfigError: a certificate is unusable (before `task_status.started`).
             ListenerBindError: a listener could not bind (before `task_status.started`).
         """
-        context = self._server_context()
-        bound = [await self._bind(listener) for listener in self.config.listeners]
+        self._tls = build_tls(self.config)
+        self._warn_legacy()
+        bound = await _bind_all(self.config.listeners)
+        self._listening = {entry.config.name: entry for entry in bound}
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
             try:
                 with self._accept_scope:
                     async with trio.open_nursery() as acceptors:
+                        self._acceptors = acceptors
                         for entry in bound:
-                            for listener_socket in entry.sockets:
-                                acceptors.start_soon(
-                                    self._accept_loop, listener_socket, entry.config, context
-                                )
-                            self._log.info(
-                                NoticeKind.LISTENING.value,
-                                listener=entry.config.name,
-                                address="{}:{}".format(*entry.address),
-                                protocol=entry.config.protocol.value,
-                                tls=entry.config.tls.value,
-                            )
+                            self._start_accepting(entry)
                         task_status.started({entry.config.name: entry.address for entry in bound})
             finally:
+                self._acceptors = None
                 # Closed as soon as accepting stops, not after the drain: a client connecting
                 # during the drain is refused at once instead of waiting in the backlog.
                 with trio.CancelScope(shield=True):
-                    for entry in bound:
-                        for listener_socket in entry.sockets:
-                            await listener_socket.aclose()
+                    for entry in self._listening.values():
+                        await entry.aclose()
 
     def shutdown(self) -> None:
         """Stop accepting now; give sessions `shutdown_timeout` seconds, then cancel them."""
@@ -108,42 +133,135 @@ class Server:
             )
         self._log.info(NoticeKind.DRAINING.value, timeout_seconds=self.config.shutdown_timeout)
 
-    def _server_context(self) -> ssl.SSLContext | None:
-        if all(listener.tls is TlsMode.NONE for listener in self.config.listeners):
+    @property
+    def tls(self) -> TlsSnapshot:
+        """The snapshot new handshakes use (after `run` has started)."""
+        assert self._tls is not None
+        return self._tls
+
+    async def reconfigure(self, config: Config, tls: TlsSnapshot) -> ListenerDiff | None:
+        """Serve `config` from now on, with `tls` (built from it) for new handshakes.
+
+        New sockets are bound first; only when all are bound does anything change, in one step
+        without a checkpoint: the config, the TLS contexts, the listener each socket serves.
+        Then sockets no longer wanted stop accepting and close. Running sessions keep the
+        listener settings and TLS context they started with and drain normally.
+
+        Returns:
+            What happened to the listeners, or None when a drain began meanwhile (then nothing
+            changed).
+
+        Raises:
+            ListenerBindError: a new listener could not bind; nothing changed.
+        """
+        diff = diff_listeners(self.config.listeners, config.listeners)
+        fresh = await _bind_all(diff.to_start)
+        if self.draining or self._acceptors is None:
+            with trio.CancelScope(shield=True):
+                await _close_all(fresh)
             return None
-        context = build_server_context(self.config)
-        context.sni_callback = remember_sni
-        return context
+        # From here to the last socket started there is no checkpoint: no connection is
+        # accepted under half a reload.
+        retiring = [self._listening.pop(before.name) for before in diff.to_stop]
+        moving = [(self._listening.pop(before.name), after) for before, after in diff.to_update]
+        for entry, after in moving:
+            entry.config = after
+            self._listening[after.name] = entry
+        if config.log != self.config.log:
+            configure_logging(config.log)
+            self._log = get_logger()
+        self.config, self._tls = config, tls
+        self._warn_legacy()
+        for entry in fresh:
+            self._listening[entry.config.name] = entry
+            self._start_accepting(entry)
+        for entry in retiring:
+            entry.accepting.cancel()
+        with trio.CancelScope(shield=True):
+            for entry in retiring:
+                address = entry.address_text
+                await entry.aclose()
+                # Logged once closed: from this line on, the port refuses connections.
+                self._log.info(
+                    NoticeKind.LISTENER_STOPPED.value, listener=entry.config.name, address=address
+                )
+        return diff
 
-    async def _bind(self, listener: ListenerConfig) -> _Bound:
-        try:
-            sockets = await trio.open_tcp_listeners(
-                listener.listen.port, host=listener.listen.host, backlog=LISTEN_BACKLOG
-            )
-        except OSError as exc:
-            raise ListenerBindError(listener, exc) from exc
-        return _Bound(listener, sockets)
+    def replace_tls(self, tls: TlsSnapshot) -> None:
+        """New handshakes use `tls` (built from the current config); sessions keep theirs."""
+        self._tls = tls
 
-    async def _accept_loop(
-        self,
-        listener_socket: trio.SocketListener,
-        listener: ListenerConfig,
-        context: ssl.SSLContext | None,
-    ) -> None:
+    def _warn_legacy(self) -> None:
+        for name in self.tls.legacy_listeners:
+            self._log.warning(NoticeKind.TLS_LEGACY_PROFILE.value, listener=name)
+
+    def _start_accepting(self, entry: _Listening) -> None:
+        assert self._acceptors is not None
+        self._acceptors.start_soon(self._serve_listener, entry)
+        self._log.info(
+            NoticeKind.LISTENING.value,
+            listener=entry.config.name,
+            address=entry.address_text,
+            protocol=entry.config.protocol.value,
+            tls=entry.config.tls.value,
+        )
+
+    async def _serve_listener(self, entry: _Listening) -> None:
+        with entry.accepting:
+            async with trio.open_nursery() as loops:
+                for listener_socket in entry.sockets:
+                    loops.start_soon(self._accept_loop, listener_socket, entry)
+
+    async def _accept_loop(self, listener_socket: trio.SocketListener, entry: _Listening) -> None:
         assert self._handlers is not None
         while True:
             try:
                 stream = await listener_socket.accept()
+            except trio.ClosedResourceError:
+                return  # a reload retired this listener
             except OSError as exc:
                 if exc.errno not in ACCEPT_RETRY_ERRNOS:
                     raise
-                self._log.error("accept_failed", listener=listener.name, error=exc.strerror)
+                self._log.error("accept_failed", listener=entry.config.name, error=exc.strerror)
                 await trio.sleep(ACCEPT_BACKOFF_SECONDS)
                 continue
+            # Read at accept time, kept by the session to its end (see the module docstring).
+            listener = entry.config
+            assert self._tls is not None
+            context = self._tls.context_for(listener.name)
             conn_id = f"{next(self._connection_ids):x}"
             logger = self._log.bind(conn_id=conn_id, listener=listener.name)
             logger.info(NoticeKind.ACCEPTED.value, peer=_peer(stream))
             self._handlers.start_soon(Session(stream, listener, context, logger).run)
+
+
+async def _bind(listener: ListenerConfig) -> _Listening:
+    try:
+        sockets = await trio.open_tcp_listeners(
+            listener.listen.port, host=listener.listen.host, backlog=LISTEN_BACKLOG
+        )
+    except OSError as exc:
+        raise ListenerBindError(listener, exc) from exc
+    return _Listening(listener, sockets)
+
+
+async def _bind_all(listeners: Sequence[ListenerConfig]) -> list[_Listening]:
+    """Bind each listener, or none: on a failure the sockets bound so far are closed."""
+    bound: list[_Listening] = []
+    try:
+        for listener in listeners:
+            # A loop, not a comprehension: what is bound before a failure must be closed.
+            bound.append(await _bind(listener))  # noqa: PERF401
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _close_all(bound)
+        raise
+    return bound
+
+
+async def _close_all(entries: Iterable[_Listening]) -> None:
+    for entry in entries:
+        await entry.aclose()
 
 
 def _peer(stream: trio.SocketStream) -> str:

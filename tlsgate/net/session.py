@@ -22,7 +22,13 @@ from tlsgate.config.model import ListenerConfig, Protocol, TlsMode
 from tlsgate.net.activity import Activity
 from tlsgate.net.backend import BackendUnavailableError, connect_backend
 from tlsgate.net.mediate import GOODBYE_SEND_TIMEOUT_SECONDS, MediationRunner
-from tlsgate.net.relay import RECEIVE_SIZE_BYTES, PeerBrokenError, Side, relay_both_ways
+from tlsgate.net.relay import (
+    RECEIVE_SIZE_BYTES,
+    PeerBrokenError,
+    Side,
+    relay_both_ways,
+    tune_for_relay,
+)
 from tlsgate.net.tls_stream import TlsStream
 from tlsgate.observe.events import CloseReason, DetectedKind, HandshakeFailure, NoticeKind
 from tlsgate.observe.observer import log_notice
@@ -31,14 +37,10 @@ from tlsgate.protocol.pop3_server import Pop3ServerMediator
 from tlsgate.protocol.smtp_server import SmtpServerMediator
 from tlsgate.protocol.tempfail import backend_unavailable_reply
 from tlsgate.sniff import Verdict, classify
+from tlsgate.tls.client_auth import ClientIdentity, client_identity
 from tlsgate.tls.failures import TlsHandshakeError
 
 _STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-def remember_sni(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-    """`SSLContext.sni_callback`: keep the client's SNI where the session can log it."""
-    ssl_object.tlsgate_sni = server_name  # type: ignore[attr-defined]  # SSLObject has a __dict__
 
 
 class Session:
@@ -51,6 +53,7 @@ class Session:
     ) -> None:
         self.listener = listener
         self._raw = stream
+        tune_for_relay(stream)
         self._context = context
         self._log = logger
         self._client: trio.abc.Stream = stream
@@ -59,6 +62,8 @@ class Session:
         self._bytes_from_client = 0
         self._bytes_from_backend = 0
         self._peer_ip = _peer_ip(stream)
+        # The client certificate that passed verification (client_auth), for later features.
+        self.client_identity: ClientIdentity | None = None
 
     async def run(self) -> None:
         reason = CloseReason.INTERNAL_ERROR
@@ -178,12 +183,20 @@ class Session:
             raise TlsHandshakeError(HandshakeFailure.EOF, "connection lost") from None
         ssl_object = tls.ssl_object
         cipher = ssl_object.cipher()
+        identity = self.client_identity = client_identity(ssl_object)
+        client = (
+            {"client_subject": identity.subject, "client_fingerprint": identity.fingerprint}
+            if identity is not None
+            else {}
+        )
         self._log.info(
             NoticeKind.TLS_ESTABLISHED.value,
             version=ssl_object.version() or "",
             cipher=cipher[0] if cipher else "",
+            # Set by the SNI callback (tlsgate.tls.contexts.sni_callback).
             sni=getattr(ssl_object, "tlsgate_sni", None) or "",
             handshake_ms=round((trio.current_time() - started) * 1000, 1),
+            **client,
         )
         return tls
 

@@ -26,8 +26,14 @@ class NoticeKind(StrEnum):
     CLOSED = "closed"
     CONFIG_LOADED = "config_loaded"
     LISTENING = "listening"
+    TLS_LEGACY_PROFILE = "tls_legacy_profile"  # a listener accepts TLS 1.0/1.1 (profile legacy)
     DRAINING = "draining"
     STOPPED = "stopped"
+    CONFIG_RELOADED = "config_reloaded"
+    CONFIG_RELOAD_FAILED = "config_reload_failed"
+    CERTIFICATES_RELOADED = "certificates_reloaded"
+    RELOAD_IGNORED = "reload_ignored"
+    LISTENER_STOPPED = "listener_stopped"
 
 
 class DetectedKind(StrEnum):

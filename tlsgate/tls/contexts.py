@@ -1,232 +1,426 @@
-"""Server-side `ssl.SSLContext`s built from the config, and the certificate checks behind them.
+"""Server-side `ssl.SSLContext`s for every listener, built from a config in one immutable snapshot.
 
-`check_certificates` is what `tlsgate check` runs; `build_server_context` runs the same checks
-first and raises `ConfigError` with the same lines, so `tlsgate run` refuses exactly what
-`check` rejects. Each certificate entry is read twice, on purpose: with `cryptography`, whose
-errors can be told apart (no certificate, no key, key of another certificate, expiry), and
-then with `ssl` itself, which catches what OpenSSL alone refuses (a key too small for the
-security level, a digest too weak).
+Theory of operation. `build_tls_snapshot(config)` is the only way the server gets contexts, at
+start and on every reload; `check_certificates(config)` runs exactly the same analysis for
+`tlsgate check`, so `run` refuses precisely what `check` rejects. Nothing running is touched:
+a reload builds a snapshot off to the side (in a thread: it reads files) and swaps it in with
+one assignment, or drops it and keeps the old one when it raises `ConfigError`.
+
+1. `certstore.load_certificates` reads and judges every `[[certificate]]`.
+2. Each TLS listener gets the certificates it names (all, by default) and its policy
+   (`[tls]` overlaid with its own keys, `policy.resolve`) and client-certificate settings.
+3. For each distinct (policy, client settings, certificate set) one *front* context is built,
+   holding the default certificate(s), with an `sni_callback`; and for each distinct group of
+   certificates that some server name selects (`selection.select`) one context holding that
+   group. All are built here, once (PERFORMANCE.md §5): the callback does a dict lookup and,
+   for a name that is not the default's, assigns `ssl_object.context`; OpenSSL then serves that
+   context's certificates. The policy is applied to every one of them, because after the swap
+   OpenSSL verifies client certificates against the *new* context's trust store.
+   Session tickets stay encrypted with the front context's keys (OpenSSL keeps the initial
+   context as the session context), so resumption works across the swap.
+
+How keys reach OpenSSL. Python's `ssl` loads keys only from files. Handing it the operator's
+files would make OpenSSL read them a second time (a renewal landing in between would pair a
+new certificate with an old key, and a PKCS#12 file it cannot read at all), so the chain and
+key that `cryptography` parsed are written back out for OpenSSL: one PEM file per certificate,
+mode 0600, in a fresh mode-0700 directory, removed as soon as the contexts are built. The key
+in it is encrypted (PKCS#8, AES-256) with a random password made for this build and never
+stored anywhere: even a file left behind by a crash, or read from a disk image, reveals
+nothing. A plaintext key thus never touches the disk, as the issue requires, whatever the
+input format; the cost is a few milliseconds per certificate and reload.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import ssl
-from datetime import UTC, datetime, timedelta
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from types import MappingProxyType
 
 from tlsgate.config.load import ConfigError, ConfigProblem, ConfigWarning
-from tlsgate.config.model import CertificateEntry, Config, TlsSettings, TlsVersion
+from tlsgate.config.model import ClientAuth, Config, ListenerConfig, Profile, TlsMode
 from tlsgate.config.parse import quote
+from tlsgate.tls import certstore, selection
+from tlsgate.tls.certstore import (
+    CertificateInfo,
+    EntryFindings,
+    LoadedCertificate,
+    normalize_name,
+    wildcard_for,
+)
+from tlsgate.tls.client_auth import read_ca_certificates
+from tlsgate.tls.policy import ResolvedPolicy, new_server_context, resolve
+from tlsgate.tls.selection import Selection
 
-# Warn this long before a certificate expires: ACME clients renew at 30 days left, so a
-# certificate under 21 days means renewal has failed at least once (and gives three weeks to act).
-EXPIRY_WARNING_DAYS = 21
-# Permission bits that let anyone but the owner read or change a private key file.
-KEY_MODE_NOT_OWNER = 0o077
-# CONTRACT.md: without a configured min_version the floor is TLS 1.2 until profiles (issue 3).
-DEFAULT_MIN_VERSION = ssl.TLSVersion.TLSv1_2
+__all__ = [
+    "FileStamp",
+    "TlsSnapshot",
+    "build_tls_snapshot",
+    "check_certificates",
+    "tls_file_stamps",
+    "tls_files",
+]
 
-_SSL_VERSIONS = {
-    TlsVersion.TLSV1: ssl.TLSVersion.TLSv1,
-    TlsVersion.TLSV1_1: ssl.TLSVersion.TLSv1_1,
-    TlsVersion.TLSV1_2: ssl.TLSVersion.TLSv1_2,
-    TlsVersion.TLSV1_3: ssl.TLSVersion.TLSv1_3,
-}
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+# Random bytes in the password that protects keys on their way to OpenSSL (see above).
+KEY_TRANSIT_PASSWORD_BYTES = 32
 
+_VERIFY_MODES = {ClientAuth.OPTIONAL: ssl.CERT_OPTIONAL, ClientAuth.REQUIRED: ssl.CERT_REQUIRED}
 Finding = ConfigProblem | ConfigWarning
+# (client_auth, PEM text of the trusted CAs or None): part of what makes contexts shareable.
+_ClientSettings = tuple[ClientAuth, str | None]
+_ContextKey = tuple[ResolvedPolicy, _ClientSettings, tuple[int, ...]]
+SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
 
 
-def build_server_context(config: Config) -> ssl.SSLContext:
-    """The context every TLS listener serves with (one for all until SNI, issue 3).
+@dataclass(frozen=True, slots=True, eq=False)
+class TlsSnapshot:
+    """Every listener's server context for one config; never changed after it is built.
 
-    Several `[[certificate]]` entries are accepted and all are checked, but until SNI
-    selection exists the first one serves every client (CONTRACT.md).
+    Attributes:
+        contexts: listener name -> its front context (only listeners with TLS).
+        certificates: the loaded certificates, without keys (for metrics and logs).
+        warnings: what `check` would print as warnings for this config's TLS side.
+        legacy_listeners: names of listeners on the `legacy` profile (logged at start).
+        next_change: when a certificate becomes valid or expires, which may change which one
+            is served; rebuild the snapshot then (None: no such moment ahead).
+    """
+
+    contexts: Mapping[str, ssl.SSLContext]
+    certificates: tuple[CertificateInfo, ...] = ()
+    warnings: tuple[ConfigWarning, ...] = ()
+    legacy_listeners: tuple[str, ...] = ()
+    next_change: datetime | None = None
+
+    def context_for(self, listener_name: str) -> ssl.SSLContext | None:
+        """The context a new handshake on this listener starts with; None without TLS."""
+        return self.contexts.get(listener_name)
+
+
+def build_tls_snapshot(config: Config, *, now: datetime | None = None) -> TlsSnapshot:
+    """Load every certificate of `config` and build every TLS listener's contexts.
+
+    Args:
+        config: a validated config.
+        now: the moment to judge validity against (tests); defaults to the current time.
 
     Raises:
-        ConfigError: a certificate or key is unusable (the `check_certificates` problems), or
-            no certificate is configured.
+        ConfigError: with every problem (and the warnings) `check_certificates` reports.
     """
-    problems, _ = check_certificates(config)
-    if not config.certificates:
-        problems.append(
-            ConfigProblem(str(config.source), "certificate", "at least one [[certificate]]", "none")
-        )
-    if problems:
-        raise ConfigError(problems)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _apply_versions(context, config.tls)
-    # Compression invites CRIME; client-initiated renegotiation is a CPU-exhaustion lever and
-    # TLS 1.3 has none anyway; the server's cipher order beats a client's odd preferences.
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", ssl.Options(0))
-    # Ciphers stay Python's defaults (forward-secret AEAD suites only); the modern /
-    # intermediate / legacy profiles that choose them come with issue 3.
-    first = config.certificates[0]
-    try:
-        context.load_cert_chain(first.cert, first.key, password=_no_password)
-    except (OSError, ssl.SSLError) as exc:  # the files changed since the check just now
-        got = f"{quote(str(first.cert))} ({exc})"
-        problem = ConfigProblem(str(config.source), "certificate[0].cert", "a usable pair", got)
-        raise ConfigError([problem]) from exc
-    return context
-
-
-def _apply_versions(context: ssl.SSLContext, tls: TlsSettings) -> None:
-    # Python deprecates TLSv1 and TLSv1.1 with a DeprecationWarning when they are set here;
-    # the config asked for them explicitly, so the warning is left to the interpreter's filters.
-    low = DEFAULT_MIN_VERSION if tls.min_version is None else _SSL_VERSIONS[tls.min_version]
-    context.minimum_version = low
-    if tls.max_version is not None:
-        context.maximum_version = _SSL_VERSIONS[tls.max_version]
-
-
-def _no_password() -> bytes:
-    # Never let OpenSSL prompt on a terminal for an encrypted key: a daemon has none.
-    return b""
+    analysis = _Analysis(config, now or datetime.now(UTC))
+    snapshot = analysis.run()
+    if analysis.problems or snapshot is None:
+        raise ConfigError(analysis.problems, analysis.warnings)
+    return snapshot
 
 
 def check_certificates(
     config: Config, *, now: datetime | None = None
 ) -> tuple[list[ConfigProblem], list[ConfigWarning]]:
-    """Load every `[[certificate]]` entry the way the server will, and judge it.
+    """What `tlsgate check` reports about certificates, keys and TLS policy.
 
-    Args:
-        config: a validated config.
-        now: the time to judge expiry against (tests); defaults to the current time.
+    The same analysis as `build_tls_snapshot`, contexts included (OpenSSL has the last word on
+    a key too small for a profile, or a cipher string that selects nothing).
 
     Returns:
-        The problems (unreadable file, not a PEM certificate, not a private key, key not
-        matching the certificate, OpenSSL refusing the pair, certificate expired) and the
-        warnings (expires within `EXPIRY_WARNING_DAYS`, not valid yet, key file accessible
-        by group or others). Each names `certificate[N].cert` or `.key` and the file.
+        The problems (each names the file, the key path and what was expected) and warnings.
     """
-    when = now or datetime.now(UTC)
-    findings: list[Finding] = []
-    for index, entry in enumerate(config.certificates):
-        findings += _check_entry(_Entry(str(config.source), f"certificate[{index}]", entry), when)
-    problems = [f for f in findings if isinstance(f, ConfigProblem)]
-    warnings = [f for f in findings if isinstance(f, ConfigWarning)]
-    return problems, warnings
+    analysis = _Analysis(config, now or datetime.now(UTC))
+    analysis.run()
+    return analysis.problems, analysis.warnings
 
 
-class _Unusable(Exception):
-    def __init__(self, expected: str, detail: str) -> None:
-        super().__init__(detail)
-        self.expected = expected
-        self.detail = detail
+# ---- the analysis ----------------------------------------------------------------------------
 
 
-class _Entry:
-    """One certificate entry and how its findings are worded."""
-
-    def __init__(self, file: str, path: str, entry: CertificateEntry) -> None:
-        self.file, self.path, self.entry = file, path, entry
-
-    def problem(self, field: str, expected: str, detail: str) -> ConfigProblem:
-        return ConfigProblem(self.file, f"{self.path}.{field}", expected, self._got(field, detail))
-
-    def warning(self, field: str, expected: str, detail: str) -> ConfigWarning:
-        return ConfigWarning(self.file, f"{self.path}.{field}", expected, self._got(field, detail))
-
-    def _got(self, field: str, detail: str) -> str:
-        path = self.entry.cert if field == "cert" else self.entry.key
-        return f"{quote(str(path))} ({detail})"
+@dataclass(frozen=True, slots=True)
+class _ListenerPlan:
+    listener: ListenerConfig
+    policy: ResolvedPolicy
+    client: _ClientSettings
+    entries: tuple[int, ...]  # indices into config.certificates
 
 
-def _check_entry(entry: _Entry, now: datetime) -> list[Finding]:
-    findings: list[Finding] = []
-    chain: list[x509.Certificate] = []
-    key: PrivateKeyTypes | None = None
-    try:
-        chain = _load_chain(entry.entry.cert)
-    except _Unusable as exc:
-        findings.append(entry.problem("cert", exc.expected, exc.detail))
-    try:
-        key = _load_key(entry.entry.key)
-    except _Unusable as exc:
-        findings.append(entry.problem("key", exc.expected, exc.detail))
-    findings += _key_mode(entry)
-    if chain:
-        findings += _validity(entry, chain[0], now)
-    if chain and key is not None:
-        findings += _pair(entry, chain[0], key)
-    return findings
+class _Analysis:
+    def __init__(self, config: Config, now: datetime) -> None:
+        self.config, self.now = config, now
+        self.file = str(config.source)
+        self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigWarning] = []
+
+    def add(self, findings: Sequence[Finding]) -> None:
+        for finding in findings:
+            if isinstance(finding, ConfigProblem):
+                if finding not in self.problems:
+                    self.problems.append(finding)
+            elif finding not in self.warnings:
+                self.warnings.append(finding)
+
+    def run(self) -> TlsSnapshot | None:
+        """Judge everything, then build; None (and `problems`) when something is wrong."""
+        config = self.config
+        loaded, findings = certstore.load_certificates(config)
+        self.add(findings)
+        listeners = [
+            (i, item) for i, item in enumerate(config.listeners) if item.tls is not TlsMode.NONE
+        ]
+        if listeners and not config.certificates:
+            expected = "at least one [[certificate]]"
+            self.add([ConfigProblem(self.file, "certificate", expected, "none")])
+        infos = [entry.info for entry in loaded if entry is not None]
+        plans = [self._plan(index, listener, loaded) for index, listener in listeners]
+        selections = self._judge_validity(infos, plans)
+        if self.problems:
+            return None
+        if not listeners:
+            return TlsSnapshot(MappingProxyType({}), tuple(infos), tuple(self.warnings))
+        return self._build(loaded, plans, selections, infos)
+
+    def _plan(
+        self, index: int, listener: ListenerConfig, loaded: Sequence[LoadedCertificate | None]
+    ) -> _ListenerPlan:
+        path = f"listener[{index}]"
+        settings = listener.tls_settings(self.config.tls)
+        policy = resolve(settings)
+        try:
+            new_server_context(policy)
+        except ssl.SSLError as exc:
+            key = f"{path}.ciphers" if listener.ciphers else "tls.ciphers"
+            got = f"{quote(policy.ciphers)} ({_reason(exc)})"
+            self.add([ConfigProblem(self.file, key, "a cipher string OpenSSL can use", got)])
+        return _ListenerPlan(
+            listener, policy, self._client(path, listener), self._entries(path, listener, loaded)
+        )
+
+    def _entries(
+        self, path: str, listener: ListenerConfig, loaded: Sequence[LoadedCertificate | None]
+    ) -> tuple[int, ...]:
+        if not listener.certificates:
+            return tuple(range(len(loaded)))
+        names = {entry.info.name for entry in loaded if entry is not None}
+        explicit = {entry.name for entry in self.config.certificates if entry.name is not None}
+        # A certificate that failed to load without an explicit name might have been meant.
+        unsure = any(
+            entry is None and self.config.certificates[i].name is None
+            for i, entry in enumerate(loaded)
+        )
+        for position, name in enumerate(listener.certificates):
+            if name in names or name in explicit or unsure:
+                continue
+            known = ", ".join(quote(known) for known in sorted(names | explicit)) or "none"
+            expected = f"the name of a [[certificate]] (one of {known})"
+            key = f"{path}.certificates[{position}]"
+            self.add([ConfigProblem(self.file, key, expected, quote(name))])
+        wanted = set(listener.certificates)
+        return tuple(
+            i
+            for i, entry in enumerate(loaded)
+            if (entry.info.name if entry is not None else self.config.certificates[i].name)
+            in wanted
+        )
+
+    def _client(self, path: str, listener: ListenerConfig) -> _ClientSettings:
+        if listener.client_auth is ClientAuth.NONE or listener.client_ca is None:
+            return ClientAuth.NONE, None
+        try:
+            return listener.client_auth, read_ca_certificates(listener.client_ca)
+        except ValueError as exc:
+            got = f"{quote(str(listener.client_ca))} ({exc})"
+            self.add([ConfigProblem(self.file, f"{path}.client_ca", "CA certificates", got)])
+            return listener.client_auth, None
+
+    def _judge_validity(
+        self, infos: Sequence[CertificateInfo], plans: Sequence[_ListenerPlan]
+    ) -> dict[tuple[int, ...], Selection]:
+        """Select for every certificate set in use, and for all of them together."""
+        by_index = {info.index: info for info in infos}
+        sets = {tuple(sorted(by_index))} | {plan.entries for plan in plans}
+        selections = {
+            entries: selection.select([by_index[i] for i in entries if i in by_index], self.now)
+            for entries in sets
+            if any(i in by_index for i in entries)
+        }
+        reports = {
+            info.index: EntryFindings(self.file, info.index, self.config.certificates[info.index])
+            for info in infos
+        }
+        selection.validity_findings(infos, selections.values(), reports, self.now)
+        for report in reports.values():
+            self.add(report.found)
+        return selections
+
+    # ---- building ------------------------------------------------------------------------
+
+    def _build(
+        self,
+        loaded: Sequence[LoadedCertificate | None],
+        plans: Sequence[_ListenerPlan],
+        selections: Mapping[tuple[int, ...], Selection],
+        infos: Sequence[CertificateInfo],
+    ) -> TlsSnapshot | None:
+        builder = _ContextBuilder(self, loaded)
+        try:
+            contexts = {
+                plan.listener.name: builder.front(plan, selections[plan.entries]) for plan in plans
+            }
+        finally:
+            builder.close()
+        if self.problems:
+            return None
+        legacy = tuple(p.listener.name for p in plans if p.policy.profile is Profile.LEGACY)
+        moments = [s.next_change for s in selections.values() if s.next_change is not None]
+        return TlsSnapshot(
+            contexts=MappingProxyType(contexts),
+            certificates=tuple(infos),
+            warnings=tuple(self.warnings),
+            legacy_listeners=legacy,
+            next_change=min(moments, default=None),
+        )
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise _Unusable("a readable file", exc.strerror or str(exc)) from exc
+class _ContextBuilder:
+    """Builds each distinct context once; owns the private directory keys pass through."""
+
+    def __init__(self, analysis: _Analysis, loaded: Sequence[LoadedCertificate | None]) -> None:
+        self._analysis = analysis
+        self._loaded = loaded
+        self._password = secrets.token_bytes(KEY_TRANSIT_PASSWORD_BYTES)
+        self._directory = Path(tempfile.mkdtemp(prefix="tlsgate-keys-"))  # mode 0700
+        self._files: dict[int, Path] = {}
+        # (policy, client settings, certificate indices) -> context
+        self._by_group: dict[_ContextKey, ssl.SSLContext] = {}
+        self._fronts: dict[_ContextKey, ssl.SSLContext] = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    def front(self, plan: _ListenerPlan, selection: Selection) -> ssl.SSLContext:
+        """The context a listener's handshakes start with: default certificates + SNI map."""
+        key = (plan.policy, plan.client, plan.entries)
+        if key in self._fronts:
+            return self._fronts[key]
+        front = self._context(plan.policy, plan.client, selection.default)
+        names: dict[str, ssl.SSLContext] = {}
+        for name, group in selection.by_name.items():
+            names[name] = front if group == selection.default else self._group(plan, group)
+        front.sni_callback = sni_callback(MappingProxyType(names))
+        self._fronts[key] = front
+        return front
+
+    def _group(self, plan: _ListenerPlan, group: tuple[int, ...]) -> ssl.SSLContext:
+        key = (plan.policy, plan.client, group)
+        if key not in self._by_group:
+            self._by_group[key] = self._context(plan.policy, plan.client, group)
+        return self._by_group[key]
+
+    def _context(
+        self, policy: ResolvedPolicy, client: _ClientSettings, group: tuple[int, ...]
+    ) -> ssl.SSLContext:
+        context = new_server_context(policy)
+        auth, cadata = client
+        if auth is not ClientAuth.NONE and cadata is not None:
+            context.verify_mode = _VERIFY_MODES[auth]
+            context.load_verify_locations(cadata=cadata)
+        for index in group:
+            try:
+                context.load_cert_chain(self._file(index), password=self._password)
+            except ssl.SSLError as exc:
+                self._refused(index, policy, exc)
+        return context
+
+    def _file(self, index: int) -> Path:
+        if index not in self._files:
+            loaded = self._loaded[index]
+            assert loaded is not None, "only loaded certificates are selected"
+            path = self._directory / f"{index}.pem"
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(loaded.openssl_pem(self._password))
+            self._files[index] = path
+        return self._files[index]
+
+    def _refused(self, index: int, policy: ResolvedPolicy, exc: ssl.SSLError) -> None:
+        entry = self._analysis.config.certificates[index]
+        report = EntryFindings(self._analysis.file, index, entry)
+        expected = f'a certificate and key OpenSSL accepts with profile "{policy.profile}"'
+        report.problem(report.source_field, expected, entry.source, _reason(exc))
+        self._analysis.add(report.found)
 
 
-def _load_chain(path: Path) -> list[x509.Certificate]:
-    data = _read(path)
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise _Unusable("a PEM certificate", "no PEM certificate found") from exc
+def _reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason ("EE_KEY_TOO_SMALL"), else the message alone, without a tuple's quotes."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    return str(exc.args[-1]) if exc.args else str(exc)
 
 
-def _load_key(path: Path) -> PrivateKeyTypes:
-    data = _read(path)
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except TypeError as exc:  # cryptography's way of saying "encrypted, password needed"
-        raise _Unusable("an unencrypted PEM private key", "it is encrypted") from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise _Unusable("a PEM private key", "no usable PEM private key found") from exc
+def sni_callback(names: Mapping[str, ssl.SSLContext]) -> SniCallback:
+    """`SSLContext.sni_callback` choosing among contexts built in advance.
+
+    The hot path (a client sending a name as it appears in a SAN, lower case) is one dict
+    lookup and one attribute store; only a miss normalises the name (case, trailing dot) and
+    tries the wildcard that would cover it. A name matching nothing keeps the front context:
+    the default certificate. The name is kept on the SSL object for the `tls_established` log.
+    """
+
+    def choose(ssl_object: ssl.SSLObject, server_name: str | None, front: ssl.SSLContext) -> None:
+        ssl_object.tlsgate_sni = server_name  # type: ignore[attr-defined]  # SSLObject has a __dict__
+        if server_name is None:
+            return
+        context = names.get(server_name)
+        if context is None:
+            name = normalize_name(server_name)
+            context = names.get(name)
+            if context is None and (pattern := wildcard_for(name)) is not None:
+                context = names.get(pattern)
+        if context is not None and context is not front:
+            ssl_object.context = context
+
+    return choose
 
 
-def _key_mode(entry: _Entry) -> list[Finding]:
-    try:
-        mode = os.stat(entry.entry.key).st_mode
-    except OSError:
-        return []  # unreadable is already a problem of its own
-    if mode & KEY_MODE_NOT_OWNER:
-        detail = f"mode {mode & 0o777:04o}"
-        return [entry.warning("key", "a key file only its owner can read", detail)]
-    return []
+# ---- the files a config depends on ----------------------------------------------------------
+
+# inode, size, mtime and ctime in nanoseconds: a copy that keeps the mtime still changes ctime.
+FileStamp = tuple[int, int, int, int]
 
 
-def _validity(entry: _Entry, leaf: x509.Certificate, now: datetime) -> list[Finding]:
-    not_after, not_before = leaf.not_valid_after_utc, leaf.not_valid_before_utc
-    if not_after <= now:
-        detail = f"expired {_when(not_after)}"
-        return [entry.problem("cert", "a certificate that has not expired", detail)]
-    if not_before > now:
-        detail = f"not valid before {_when(not_before)}"
-        return [entry.warning("cert", "a certificate that is already valid", detail)]
-    left = not_after - now
-    if left < timedelta(days=EXPIRY_WARNING_DAYS):
-        expected = f"a certificate valid for at least {EXPIRY_WARNING_DAYS} more days"
-        detail = f"expires {_when(not_after)}, in {left.days} days"
-        return [entry.warning("cert", expected, detail)]
-    return []
+def tls_files(config: Config) -> tuple[Path, ...]:
+    """Every file the TLS contexts of `config` are built from, each once, in config order:
+    certificates, keys, PKCS#12 and password files, and client CA files (a CA directory
+    counts with every file in it, and itself: adding a file changes its mtime)."""
+    paths: list[Path] = []
+    for entry in config.certificates:
+        paths += [p for p in (entry.cert, entry.key, entry.pkcs12, entry.password_file) if p]
+    for listener in config.listeners:
+        ca = listener.client_ca
+        if ca is None or listener.tls is TlsMode.NONE or listener.client_auth is ClientAuth.NONE:
+            continue
+        paths.append(ca)
+        if ca.is_dir():
+            # Unreadable: reported by the build; the directory's own stamp still changes.
+            with contextlib.suppress(OSError):
+                paths += sorted(p for p in ca.iterdir() if p.is_file())
+    return tuple(dict.fromkeys(paths))
 
 
-def _pair(entry: _Entry, leaf: x509.Certificate, key: PrivateKeyTypes) -> list[Finding]:
-    expected = f"the private key of {entry.path}.cert"
-    try:
-        matches = leaf.public_key().public_bytes(*_SPKI) == key.public_key().public_bytes(*_SPKI)
-    except (ValueError, UnsupportedAlgorithm):
-        matches = False
-    if not matches:
-        return [entry.problem("key", expected, "it does not match the certificate")]
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        probe.load_cert_chain(entry.entry.cert, entry.entry.key, password=_no_password)
-    except (OSError, ssl.SSLError) as exc:
-        return [entry.problem("cert", "a certificate and key OpenSSL accepts", str(exc))]
-    return []
-
-
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+def tls_file_stamps(config: Config) -> dict[Path, FileStamp | None]:
+    """`tls_files` with each file's identity (None: cannot be read now). Two results differ
+    when, and practically only when, a file was replaced or rewritten: compare them to decide
+    on a certificate reload without reading the files."""
+    stamps: dict[Path, FileStamp | None] = {}
+    for path in tls_files(config):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stamps[path] = None
+            continue
+        stamps[path] = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return stamps
