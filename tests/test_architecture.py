@@ -15,6 +15,9 @@ PURE_MODULES = [
     ROOT / "tlsgate" / "sniff.py",
     ROOT / "tlsgate" / "config" / "model.py",
     ROOT / "tlsgate" / "config" / "parse.py",
+    ROOT / "tlsgate" / "config" / "walk.py",
+    ROOT / "tlsgate" / "config" / "tls_rules.py",
+    ROOT / "tlsgate" / "tls" / "selection.py",
     ROOT / "tlsgate" / "observe" / "events.py",
     ROOT / "tlsgate" / "net" / "listener_diff.py",  # the reload diff: pure despite its package
 ]

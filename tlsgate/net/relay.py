@@ -116,8 +116,8 @@ async def relay_both_ways(
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(activity.watch, on_idle)
-            nursery.start_soon(copy, 0, client, backend)
             nursery.start_soon(copy, 1, backend, client)
+            await copy(0, client, backend)  # in this task: one spawn fewer per connection
     except BaseExceptionGroup as group:
         raise_first_error(group)
     return counts[0], counts[1], idle

@@ -231,7 +231,6 @@ class Server:
             context = self._tls.context_for(listener.name)
             conn_id = f"{next(self._connection_ids):x}"
             logger = self._log.bind(conn_id=conn_id, listener=listener.name)
-            logger.info(NoticeKind.ACCEPTED.value, peer=_peer(stream))
             self._handlers.start_soon(Session(stream, listener, context, logger).run)
 
 
@@ -262,14 +261,6 @@ async def _bind_all(listeners: Sequence[ListenerConfig]) -> list[_Listening]:
 async def _close_all(entries: Iterable[_Listening]) -> None:
     for entry in entries:
         await entry.aclose()
-
-
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "unknown"
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 async def serve(

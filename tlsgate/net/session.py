@@ -61,11 +61,12 @@ class Session:
         self._accepted_at = trio.current_time()
         self._bytes_from_client = 0
         self._bytes_from_backend = 0
-        self._peer_ip = _peer_ip(stream)
+        self._peer_ip, self._peer = _peer(stream)
         # The client certificate that passed verification (client_auth), for later features.
         self.client_identity: ClientIdentity | None = None
 
     async def run(self) -> None:
+        self._log.info(NoticeKind.ACCEPTED.value, peer=self._peer)
         reason = CloseReason.INTERNAL_ERROR
         try:
             reason = await self._serve()
@@ -272,9 +273,11 @@ class Session:
                     await stream.aclose()
 
 
-def _peer_ip(stream: trio.SocketStream) -> str | None:
+def _peer(stream: trio.SocketStream) -> tuple[str | None, str]:
+    """The client's IP (for starttls_exclude) and its printable HOST:PORT (for the log)."""
     try:
-        address = stream.socket.getpeername()
+        host, port = stream.socket.getpeername()[:2]
     except OSError:
-        return None
-    return str(address[0]).split("%", 1)[0]
+        return None, "unknown"
+    ip = str(host).split("%", 1)[0]
+    return ip, (f"[{host}]:{port}" if ":" in ip else f"{host}:{port}")
