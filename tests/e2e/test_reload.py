@@ -484,3 +484,31 @@ def test_a_renewal_that_becomes_valid_later_is_served_from_that_moment(
     assert reloaded["trigger"] == "certificate_validity_changed"
     with site.smtps(daemon.port("smtps")) as after:
         assert fingerprint(after) == fingerprint_of(renewal)
+
+
+def _smtps_resuming(
+    site: Site, port: int, session: ssl.SSLSession | None
+) -> tuple[bool, ssl.SSLSession | None]:
+    """An SMTPS session offering `session` for resumption: (resumed?, the new ticket)."""
+    with Wire(port) as wire:
+        sock = site.client.wrap_socket(wire.sock, server_hostname="localhost", session=session)
+        wire.sock = sock
+        assert wire.reply().startswith(b"220 ")  # TLS 1.3 tickets arrive with the first data
+        return bool(sock.session_reused), sock.session
+
+
+def test_ticket_keys_rotate_on_their_interval_and_old_tickets_fall_back_to_a_full_handshake(
+    site: Site, start_daemon: StartDaemon
+) -> None:
+    site.install_certificate()
+    daemon = start_daemon(site.write_config([SMTPS], top="ticket_key_rotation_interval = 1"))
+    port = daemon.port("smtps")
+    _, ticket = _smtps_resuming(site, port, None)
+    resumed, _ = _smtps_resuming(site, port, ticket)
+    assert resumed  # tickets work while their keys are current
+    rotation = wait_for_nth(daemon, "certificates_reloaded", 1, timeout=PROMPT_SECONDS)
+    assert rotation["trigger"] == "ticket_key_rotation"
+    resumed, fresh = _smtps_resuming(site, port, ticket)
+    assert not resumed  # CONTRACT.md: a ticket from before the rotation gets a full handshake
+    resumed, _ = _smtps_resuming(site, port, fresh)
+    assert resumed or len(named(daemon, "certificates_reloaded")) > 1  # unless rotated again

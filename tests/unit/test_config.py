@@ -375,8 +375,8 @@ def test_listener_value_problems(line: str, message: str) -> None:
         ),
         (
             "[metrics]\nlisten = 1\n" + MINIMAL,
-            "metrics: expected one of shutdown_timeout, reload_certificates_interval, log, tls, "
-            "certificate, listener, "
+            "metrics: expected one of shutdown_timeout, reload_certificates_interval, "
+            "ticket_key_rotation_interval, log, tls, certificate, listener, "
             'got unknown key "metrics"',
         ),
         (
@@ -795,3 +795,14 @@ def test_render_is_always_one_short_line(value: object) -> None:
     rendered = parse.render(value)
     assert "\n" not in rendered
     assert len(rendered) <= parse.MAX_RENDERED_CHARS
+
+
+def test_ticket_key_rotation_defaults_to_twelve_hours_and_zero_turns_it_off(
+    tmp_path: Path,
+) -> None:
+    default = tmp_path / "default.toml"
+    default.write_text(MINIMAL)
+    assert load_config(default).ticket_key_rotation_interval == 43200.0
+    off = tmp_path / "off.toml"
+    off.write_text("ticket_key_rotation_interval = 0\n" + MINIMAL)
+    assert load_config(off).ticket_key_rotation_interval is None

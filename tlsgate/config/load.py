@@ -103,11 +103,17 @@ _TLS_KEYS: Mapping[str, Parser] = {
 _TOP_KEYS: Mapping[str, Parser] = {
     "shutdown_timeout": parse.parse_duration,
     "reload_certificates_interval": parse.parse_interval_or_off,
+    "ticket_key_rotation_interval": parse.parse_interval_or_off,
     "log": lambda raw: raw,
     "tls": lambda raw: raw,
     "certificate": lambda raw: raw,
     "listener": lambda raw: raw,
 }
+_SCALAR_TOP_KEYS = (
+    "shutdown_timeout",
+    "reload_certificates_interval",
+    "ticket_key_rotation_interval",
+)
 # CONTRACT.md: these act only with tls = "starttls" or "auto"; set on tls = "none", they warn.
 # The TLS policy keys join them: a listener without TLS has no handshake to apply them to.
 _IGNORED_WITHOUT_TLS = (
@@ -182,9 +188,7 @@ def parse_config_with_warnings(
     _check_listeners(walk, listeners, raw_listeners, tls, have_certificates=bool(certificates))
     if walk.problems:
         raise ConfigError(walk.problems, walk.warnings)
-    settings: dict[str, object] = {
-        key: top[key] for key in ("shutdown_timeout", "reload_certificates_interval") if key in top
-    }
+    settings: dict[str, object] = {key: top[key] for key in _SCALAR_TOP_KEYS if key in top}
     config = _build(
         Config,
         {

@@ -185,6 +185,10 @@ class Config:
     shutdown_timeout: float = 30.0  # seconds to let sessions finish on SIGTERM
     # Seconds between looks at the certificate files' identities; None: only SIGHUP reloads.
     reload_certificates_interval: float | None = None
+    # Seconds between rebuilds of every TLS context, which gives OpenSSL fresh session-ticket
+    # keys (Python's ssl cannot set them); tickets from before fall back to a full handshake.
+    # 12 hours: tickets live at most that long plus one interval, as nginx and Postfix bound them.
+    ticket_key_rotation_interval: float | None = 43200.0
     log: LogConfig = field(default_factory=LogConfig)
     tls: TlsSettings = field(default_factory=TlsSettings)
     certificates: tuple[CertificateEntry, ...] = ()

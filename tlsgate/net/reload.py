@@ -65,6 +65,7 @@ class Trigger(StrEnum):
     SIGNAL = "signal"
     CERTIFICATE_FILES_CHANGED = "certificate_files_changed"
     CERTIFICATE_VALIDITY_CHANGED = "certificate_validity_changed"
+    TICKET_KEY_ROTATION = "ticket_key_rotation"
 
 
 class Reloader:
@@ -96,6 +97,7 @@ class Reloader:
         be running (its snapshot built)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_certificates)
+            nursery.start_soon(self._rotate_ticket_keys)
             async for _ in self._pending:
                 await self.reload_config()
 
@@ -183,6 +185,18 @@ class Reloader:
                 await self.reload_certificates(Trigger.CERTIFICATE_VALIDITY_CHANGED)
             elif interval < math.inf and await self._files_changed():
                 await self.reload_certificates(Trigger.CERTIFICATE_FILES_CHANGED)
+
+    async def _rotate_ticket_keys(self) -> None:
+        """CONTRACT.md: Python's ssl cannot set ticket keys, so every context is rebuilt on a
+        timer; OpenSSL gives each new context fresh keys, and tickets issued under the old
+        ones fall back to a full handshake."""
+        while True:
+            swapped = self._config_swapped
+            interval = self._server.config.ticket_key_rotation_interval or math.inf
+            with trio.move_on_after(interval):
+                await swapped.wait()
+            if not swapped.is_set():
+                await self.reload_certificates(Trigger.TICKET_KEY_ROTATION)
 
     def _until_validity_changes(self) -> float:
         due = self._server.tls.next_change
