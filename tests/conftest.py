@@ -12,6 +12,8 @@ import structlog
 import trustme
 from hypothesis import settings
 
+from tests.helpers.gateway import GatewayCertificates
+
 # Sessions running in background threads log through structlog's defaults; tests assert on
 # logs with `structlog.testing.capture_logs()`, which works whatever the factory.
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
@@ -27,6 +29,9 @@ class CertFiles:
     ca_file: Path
     cert_file: Path
     key_file: Path
+
+    def gateway_files(self) -> GatewayCertificates:
+        return {"cert_file": self.cert_file, "key_file": self.key_file, "ca_file": self.ca_file}
 
     def client_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca_file))

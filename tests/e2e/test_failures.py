@@ -92,9 +92,7 @@ def gateway(
 ) -> Iterator[Gateway]:
     with running_gateway(
         LISTENERS,
-        cert_file=cert_files.cert_file,
-        key_file=cert_files.key_file,
-        ca_file=cert_files.ca_file,
+        **cert_files.gateway_files(),
         source=tmp_path_factory.mktemp("failures") / "tlsgate.toml",
     ) as running:
         yield running

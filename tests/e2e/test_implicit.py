@@ -46,9 +46,7 @@ LISTENERS: list[ListenerSpec] = [
 def gateway(cert_files: CertFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with running_gateway(
         LISTENERS,
-        cert_file=cert_files.cert_file,
-        key_file=cert_files.key_file,
-        ca_file=cert_files.ca_file,
+        **cert_files.gateway_files(),
         source=tmp_path_factory.mktemp("implicit") / "tlsgate.toml",
         smtp_options={"advertise_starttls": True},
     ) as running:

@@ -43,9 +43,7 @@ def backend(cert_files: CertFiles, tmp_path_factory: pytest.TempPathFactory) -> 
     """The legacy SMTP backend (the in-process tlsgate in front of it goes unused)."""
     with running_gateway(
         [{"name": "unused", "protocol": "smtp", "tls": "none", "backend": SMTP_BACKEND}],
-        cert_file=cert_files.cert_file,
-        key_file=cert_files.key_file,
-        ca_file=cert_files.ca_file,
+        **cert_files.gateway_files(),
         source=tmp_path_factory.mktemp("reload") / "unused.toml",
     ) as running:
         yield running

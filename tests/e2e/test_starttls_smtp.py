@@ -54,9 +54,7 @@ def _start(
 ) -> Iterator[Gateway]:
     with running_gateway(
         LISTENERS,
-        cert_file=cert_files.cert_file,
-        key_file=cert_files.key_file,
-        ca_file=cert_files.ca_file,
+        **cert_files.gateway_files(),
         source=tmp_path_factory.mktemp("starttls-smtp") / "tlsgate.toml",
         smtp_options={"advertise_starttls": backend_starttls},
     ) as running:

@@ -57,9 +57,7 @@ def _start(
 ) -> Iterator[Gateway]:
     with running_gateway(
         LISTENERS,
-        cert_file=cert_files.cert_file,
-        key_file=cert_files.key_file,
-        ca_file=cert_files.ca_file,
+        **cert_files.gateway_files(),
         source=tmp_path_factory.mktemp("stls-pop3") / "tlsgate.toml",
         pop3_options={"advertise_stls": backend_stls},
     ) as running:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import trio
 
@@ -27,6 +28,16 @@ from tlsgate.demo.legacy import (
 from tlsgate.net.server import serve
 
 ListenerSpec = Mapping[str, object]
+
+
+class GatewayCertificates(TypedDict):
+    """The certificate files `running_gateway` serves and tells clients to trust."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
 # Port numbers written into a listener's `backend` before the config is parsed.
 SMTP_BACKEND = "SMTP_BACKEND"
 POP3_BACKEND = "POP3_BACKEND"
