@@ -24,7 +24,6 @@ class NoticeKind(StrEnum):
     BACKEND_FAILED = "backend_failed"
     IDLE_TIMEOUT = "idle_timeout"
     CLOSED = "closed"
-    CONFIG_LOADED = "config_loaded"
     LISTENING = "listening"
     TLS_LEGACY_PROFILE = "tls_legacy_profile"  # a listener accepts TLS 1.0/1.1 (profile legacy)
     DRAINING = "draining"
