@@ -7,6 +7,7 @@ tests stay ordinary synchronous code.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from tlsgate.demo.legacy import (
     serve_smtp,
 )
 from tlsgate.net.server import serve
+from tlsgate.observe.metrics import Metrics
 
 ListenerSpec = Mapping[str, object]
 
@@ -55,6 +57,7 @@ class Gateway:
     pop3: LegacyPop3Server
     ca_file: Path
     config: Config
+    metrics: Metrics = field(default_factory=Metrics)  # the gateway's own registry
     _token: trio.lowlevel.TrioToken | None = field(default=None, repr=False)
 
     def port(self, listener: str) -> int:
@@ -68,6 +71,14 @@ def _dead_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _backend(value: object, backends: Mapping[str, int]) -> object:
+    """A placeholder (SMTP_BACKEND, ...) becomes its address; anything else is kept as
+    written (an outbound test points a listener at another gateway or a real TLS server)."""
+    if isinstance(value, str) and value in backends:
+        return f"127.0.0.1:{backends[value]}"
+    return value
 
 
 @contextmanager
@@ -104,14 +115,15 @@ def running_gateway(
                     {
                         "listen": "127.0.0.1:0",
                         **spec,
-                        "backend": f"127.0.0.1:{backends[str(spec['backend'])]}",
+                        "backend": _backend(spec["backend"], backends),
                     }
                     for spec in listeners
                 ],
                 **(extra or {}),
             }
             config = parse_config(data, source)
-            bound = await nursery.start(serve, config)
+            metrics = Metrics()
+            bound = await nursery.start(functools.partial(serve, metrics=metrics), config)
             stop.append(nursery.cancel_scope.cancel)
             ready.put(
                 Gateway(
@@ -121,6 +133,7 @@ def running_gateway(
                     pop3=pop3,
                     ca_file=ca_file,
                     config=config,
+                    metrics=metrics,
                     _token=trio.lowlevel.current_trio_token(),
                 )
             )

@@ -198,9 +198,9 @@ def test_absent_optional_keys_take_the_model_defaults() -> None:
 
 
 def test_every_listener_field_is_a_config_key() -> None:
-    # client_ca's parser is made per document (it resolves against the file's directory);
-    # ciphersuites is a known key only to be refused with a reason.
-    keys = set(load._LISTENER_KEYS) | {"client_ca"}
+    # The path keys' parsers are made per document (they resolve against the file's
+    # directory); ciphersuites is a known key only to be refused with a reason.
+    keys = set(load._LISTENER_KEYS) | {"client_ca", "backend_ca", "backend_cert", "backend_key"}
     assert keys == {f.name for f in fields(ListenerConfig)} | {"ciphersuites"}
 
 
@@ -375,9 +375,15 @@ def test_listener_value_problems(line: str, message: str) -> None:
         ),
         (
             "[metrics]\nlisten = 1\n" + MINIMAL,
-            "metrics: expected one of shutdown_timeout, reload_certificates_interval, "
-            "ticket_key_rotation_interval, log, tls, certificate, listener, "
-            'got unknown key "metrics"',
+            "metrics.listen: expected HOST:PORT, got 1",
+        ),
+        (
+            '[metrics]\nlisten = "127.0.0.1:9464"\npath = "/m"\n' + MINIMAL,
+            'metrics.path: expected one of listen, got unknown key "path"',
+        ),
+        (
+            'metrics = "127.0.0.1:9464"\n' + MINIMAL,
+            'metrics: expected a table, got "127.0.0.1:9464"',
         ),
         (
             'shutdown_timeout = "30s"\n' + MINIMAL,
@@ -806,3 +812,40 @@ def test_ticket_key_rotation_defaults_to_twelve_hours_and_zero_turns_it_off(
     off = tmp_path / "off.toml"
     off.write_text("ticket_key_rotation_interval = 0\n" + MINIMAL)
     assert load_config(off).ticket_key_rotation_interval is None
+
+
+# ---- user and group (issue 5: dropping root without systemd) -------------------------------
+
+
+@pytest.mark.usefixtures("here")
+def test_user_and_group_are_optional_names_that_round_trip() -> None:
+    assert (load_config(write(MINIMAL)).user, load_config(write(MINIMAL)).group) == (None, None)
+    config = load_config(write('user = "tlsgate"\ngroup = "mail-tls"\n' + MINIMAL))
+    assert (config.user, config.group) == ("tlsgate", "mail-tls")
+
+
+@pytest.mark.usefixtures("here")
+def test_check_does_not_need_the_user_or_group_to_exist() -> None:
+    # CONTRACT.md: a config is checked on one machine and run on another.
+    config = load_config(write('user = "no-such-user-x"\ngroup = "no-such-group-x"\n' + MINIMAL))
+    assert (config.user, config.group) == ("no-such-user-x", "no-such-group-x")
+
+
+@pytest.mark.parametrize(
+    ("line", "got"),
+    [
+        ("user = 1000", "1000"),
+        ('user = "1000"', '"1000"'),
+        ('user = ""', '""'),
+        ('group = "mail tls"', '"mail tls"'),
+        ('group = "a/b"', '"a/b"'),
+        (f'user = "{"u" * 33}"', f'"{"u" * 33}"'),
+    ],
+)
+@pytest.mark.usefixtures("here")
+def test_user_and_group_must_be_account_names(line: str, got: str) -> None:
+    key = line.split(" ", 1)[0]
+    assert problems(line + "\n" + MINIMAL) == [
+        f'tlsgate.toml: {key}: expected a user or group name of up to 32 letters, digits, "_", '
+        f'"." or "-", got {got}'
+    ]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tlsgate.config import parse, tls_rules
 from tlsgate.config.model import (
+    BackendTls,
     CertificateEntry,
     ClientAuth,
     Config,
@@ -34,8 +35,10 @@ from tlsgate.config.model import (
     LogConfig,
     LogFormat,
     LogLevel,
+    MetricsConfig,
     Profile,
     Protocol,
+    TlsFallback,
     TlsMode,
     TlsSettings,
 )
@@ -87,11 +90,19 @@ _LISTENER_KEYS: Mapping[str, Parser] = {
     "ciphersuites": parse.parse_ciphersuites,
     "certificates": parse.parse_certificate_names,
     "client_auth": parse.enum_parser(ClientAuth),
+    "max_connections": parse.parse_count,
+    # Outbound (the path keys are added per document, like client_ca).
+    "backend_tls": parse.enum_parser(BackendTls),
+    "backend_server_name": parse.parse_server_name,
+    "backend_verify": parse.parse_bool,
+    "backend_min_version": parse.parse_tls_version,
+    "backend_tls_fallback": parse.enum_parser(TlsFallback),
 }
 _LOG_KEYS: Mapping[str, Parser] = {
     "format": parse.enum_parser(LogFormat),
     "level": parse.enum_parser(LogLevel, aliases={"warn": LogLevel.WARNING}),
 }
+_METRICS_KEYS: Mapping[str, Parser] = {"listen": parse.parse_listen}
 _TLS_KEYS: Mapping[str, Parser] = {
     "profile": parse.enum_parser(Profile),
     "min_version": parse.parse_tls_version,
@@ -104,7 +115,13 @@ _TOP_KEYS: Mapping[str, Parser] = {
     "shutdown_timeout": parse.parse_duration,
     "reload_certificates_interval": parse.parse_interval_or_off,
     "ticket_key_rotation_interval": parse.parse_interval_or_off,
+    "user": parse.parse_account_name,
+    "group": parse.parse_account_name,
+    "workers": parse.parse_workers,
+    "max_connections": parse.parse_count,
+    "max_handshakes_in_progress": parse.parse_count,
     "log": lambda raw: raw,
+    "metrics": lambda raw: raw,
     "tls": lambda raw: raw,
     "certificate": lambda raw: raw,
     "listener": lambda raw: raw,
@@ -113,6 +130,11 @@ _SCALAR_TOP_KEYS = (
     "shutdown_timeout",
     "reload_certificates_interval",
     "ticket_key_rotation_interval",
+    "user",
+    "group",
+    "workers",
+    "max_connections",
+    "max_handshakes_in_progress",
 )
 # CONTRACT.md: these act only with tls = "starttls" or "auto"; set on tls = "none", they warn.
 # The TLS policy keys join them: a listener without TLS has no handshake to apply them to.
@@ -126,6 +148,16 @@ _IGNORED_WITHOUT_TLS = (
     "certificates",
     "client_auth",
     "client_ca",
+)
+# Outbound keys that mean nothing while the backend is spoken to in the clear.
+_IGNORED_WITHOUT_BACKEND_TLS = (
+    "backend_server_name",
+    "backend_ca",
+    "backend_verify",
+    "backend_cert",
+    "backend_key",
+    "backend_min_version",
+    "backend_tls_fallback",
 )
 _CERTIFICATE_MODES = (TlsMode.IMPLICIT, TlsMode.STARTTLS, TlsMode.AUTO)
 _TCP_MODES = (TlsMode.IMPLICIT, TlsMode.AUTO, TlsMode.NONE)
@@ -167,6 +199,7 @@ def parse_config_with_warnings(
     top = walk.table("", data, _TOP_KEYS)
     log = walk.table("log", top.get("log", {}), _LOG_KEYS)
     tls = walk.table("tls", top.get("tls", {}), _TLS_KEYS)
+    metrics = walk.table("metrics", top["metrics"], _METRICS_KEYS) if "metrics" in top else None
     tls_rules.check_versions(walk, "tls", tls, {})
     base = source.absolute().parent
     certificates = [
@@ -177,6 +210,9 @@ def parse_config_with_warnings(
     listener_keys: dict[str, Parser] = {
         **_LISTENER_KEYS,
         "client_ca": partial(parse.parse_path, base=base),
+        "backend_ca": partial(parse.parse_backend_ca, base=base),
+        "backend_cert": partial(parse.parse_optional_path, base=base),
+        "backend_key": partial(parse.parse_optional_path, base=base),
     }
     raw_listeners = walk.array("listener", top.get("listener", []))
     listeners = [
@@ -194,6 +230,7 @@ def parse_config_with_warnings(
         {
             "source": source,
             "log": _build(LogConfig, log),
+            "metrics": None if metrics is None else _build(MetricsConfig, metrics),
             "tls": _build(TlsSettings, tls),
             "certificates": tuple(_build(CertificateEntry, values) for values in certificates),
             "listeners": tuple(_build(ListenerConfig, values) for values in listeners),
@@ -250,6 +287,32 @@ def _check_listener(
             if key in values:
                 expected = f'no {key} on a tls = "none" listener (it is ignored there)'
                 walk.warn(f"{path}.{key}", expected, parse.render(raw[key]))
+    _check_outbound(walk, path, values, raw)
+
+
+def _check_outbound(
+    walk: Walk, path: str, values: Mapping[str, object], raw: Mapping[str, object]
+) -> None:
+    protocol, backend_tls = values.get("protocol"), values.get("backend_tls", BackendTls.NONE)
+    if protocol is Protocol.TCP and backend_tls is BackendTls.STARTTLS:
+        expected = '"none" or "implicit" with protocol "tcp" (STARTTLS needs smtp or pop3)'
+        walk.error(f"{path}.backend_tls", expected, parse.render(str(backend_tls)))
+    if backend_tls is BackendTls.NONE:
+        for key in _IGNORED_WITHOUT_BACKEND_TLS:
+            if key in values:
+                expected = f'no {key} with backend_tls = "none" (it is ignored there)'
+                walk.warn(f"{path}.{key}", expected, parse.render(raw[key]))
+        return
+    fallback = values.get("backend_tls_fallback", TlsFallback.NONE)
+    if backend_tls is BackendTls.IMPLICIT and fallback is not TlsFallback.NONE:
+        # An implicit-TLS port (465, 995) speaks no plaintext to fall back to.
+        expected = '"none" with backend_tls = "implicit" (fallback needs "starttls")'
+        walk.error(f"{path}.backend_tls_fallback", expected, parse.render(str(fallback)))
+    if values.get("backend_key") is not None and values.get("backend_cert") is None:
+        walk.error(f"{path}.backend_cert", "a certificate for backend_key", "none")
+    if values.get("backend_verify") is False:
+        expected = "backend_verify = true (without it anyone in the path can read the mail)"
+        walk.warn(f"{path}.backend_verify", expected, "false")
 
 
 def _alternatives(modes: Sequence[TlsMode]) -> str:

@@ -29,6 +29,25 @@ class TlsMode(StrEnum):
     NONE = "none"
 
 
+class BackendTls(StrEnum):
+    """How tlsgate speaks to its backend (outbound): in the clear, TLS on connect, or STARTTLS."""
+
+    NONE = "none"
+    IMPLICIT = "implicit"
+    STARTTLS = "starttls"
+
+
+class TlsFallback(StrEnum):
+    """What an outbound listener does when its relays cannot be reached over TLS.
+
+    Anything but `none` gives up secrecy, so only an operator who asks for it gets it.
+    """
+
+    NONE = "none"  # tempfail (421 4.7.0 / -ERR): the client's MTA queues and retries
+    PLAINTEXT = "plaintext"  # continue in the clear
+    ALTERNATE = "alternate"  # per relay: after a failed TLS attempt, the next one is plaintext
+
+
 class LogFormat(StrEnum):
     CONSOLE = "console"
     JSON = "json"
@@ -94,6 +113,15 @@ class Endpoint:
 class LogConfig:
     format: LogFormat = LogFormat.CONSOLE
     level: LogLevel = LogLevel.INFO
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """`[metrics]`: where `/metrics` is served. Without the table there is no endpoint."""
+
+    # Loopback by default: the metrics name listeners and certificates, which is nobody's
+    # business off the host unless the operator says so (the issue's example value).
+    listen: Endpoint = Endpoint("127.0.0.1", 9464)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +191,16 @@ class ListenerConfig:
     certificates: tuple[str, ...] = ()  # certificate names this listener serves; () = all
     client_auth: ClientAuth = ClientAuth.NONE
     client_ca: Path | None = None  # PEM file, or directory of PEM files, to verify clients
+    max_connections: int | None = None  # sessions at once on this listener; None: no limit
+    # Outbound: TLS towards the backend (a relay or smarthost), verified unless told otherwise.
+    backend_tls: BackendTls = BackendTls.NONE
+    backend_server_name: str | None = None  # SNI and the verified name; None: the backend's host
+    backend_ca: Path | None = None  # PEM file or directory; None ("system"): the system's CAs
+    backend_verify: bool = True
+    backend_cert: Path | None = None  # client certificate for the relay (PEM; may hold the key)
+    backend_key: Path | None = None
+    backend_min_version: TlsVersion = TlsVersion.TLSV1_2
+    backend_tls_fallback: TlsFallback = TlsFallback.NONE
 
     def tls_settings(self, defaults: TlsSettings) -> TlsSettings:
         """This listener's TLS policy: each key set here replaces the same key of `[tls]`."""
@@ -189,7 +227,18 @@ class Config:
     # keys (Python's ssl cannot set them); tickets from before fall back to a full handshake.
     # 12 hours: tickets live at most that long plus one interval, as nginx and Postfix bound them.
     ticket_key_rotation_interval: float | None = 43200.0
+    # Started as root, `run` binds its ports and then switches to these (`tlsgate.service`).
+    # `group` unset: the user's own group. Names only; `check` does not look them up.
+    user: str | None = None
+    group: str | None = None
+    # Processes serving the listeners; None ("auto"): one per CPU. More than one: a supervisor
+    # forks them and they share the listening sockets and session-ticket keys (net.supervisor).
+    workers: int | None = 1
+    max_connections: int | None = None  # sessions at once over all listeners; None: no limit
+    # TLS handshakes at once per process; more wait in the accept backlog (CONTRACT.md).
+    max_handshakes_in_progress: int = 1000
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig | None = None  # None: no /metrics endpoint
     tls: TlsSettings = field(default_factory=TlsSettings)
     certificates: tuple[CertificateEntry, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()

@@ -35,6 +35,9 @@ MAX_DNS_NAME_CHARS = 253
 _PORT = re.compile(r"[0-9]{1,5}")  # not str.isdigit(): that accepts "²" and other digits
 # Listener names appear in log events, metric labels and systemd FileDescriptorName=.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# shadow-utils' rule (a trailing "$" is a Samba machine account); not all digits, which would
+# read as a numeric id.
+_ACCOUNT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,30}\$?")
 
 
 class Invalid(ValueError):
@@ -97,10 +100,34 @@ def parse_duration(value: object) -> float:
     raise Invalid(expected)
 
 
+def parse_count(value: object) -> int:
+    """A whole number greater than 0 (a limit, a number of processes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise Invalid("a whole number greater than 0")
+
+
+def parse_workers(value: object) -> int | None:
+    """A number of worker processes, or "auto" (None: one per CPU this process may use)."""
+    if value == "auto":
+        return None
+    try:
+        return parse_count(value)
+    except Invalid:
+        raise Invalid('a whole number greater than 0, or "auto"') from None
+
+
 def parse_name(value: object) -> str:
     if isinstance(value, str) and _NAME.fullmatch(value):
         return value
     raise Invalid('a name of up to 64 letters, digits, ".", "_" or "-"')
+
+
+def parse_account_name(value: object) -> str:
+    """A user or group name as useradd/groupadd accept them (`user`, `group`)."""
+    if isinstance(value, str) and _ACCOUNT_NAME.fullmatch(value):
+        return value
+    raise Invalid('a user or group name of up to 32 letters, digits, "_", "." or "-"')
 
 
 def parse_path(value: object, *, base: Path) -> Path:
@@ -108,6 +135,31 @@ def parse_path(value: object, *, base: Path) -> Path:
     if isinstance(value, str) and value and "\0" not in value:
         return base / value
     raise Invalid("a file path")
+
+
+def parse_optional_path(value: object, *, base: Path) -> Path | None:
+    """A file path, or "" for none (how the reference config shows an unset path)."""
+    if value == "":
+        return None
+    return parse_path(value, base=base)
+
+
+def parse_backend_ca(value: object, *, base: Path) -> Path | None:
+    """The string "system" (None: the system's trust store), or a PEM file or directory."""
+    if value == "system":
+        return None
+    if isinstance(value, str) and value and "\0" not in value:
+        return base / value
+    raise Invalid('"system", or the path of a PEM file or directory of CA certificates')
+
+
+def parse_server_name(value: object) -> str | None:
+    """A DNS name or IP address to verify a relay's certificate against; "" for the default."""
+    if value == "":
+        return None
+    if isinstance(value, str) and is_host(value):
+        return value.removesuffix(".")
+    raise Invalid("a DNS name or an IP address")
 
 
 def enum_parser(cls: type[E], aliases: Mapping[str, E] | None = None) -> Callable[[object], E]:

@@ -1,33 +1,51 @@
-"""Connecting to a listener's backend: each address in order, each under connect_timeout."""
+"""Connecting to a listener's backend: each address in order, each under connect_timeout.
+
+The plaintext path, and the TCP step of every outbound TLS attempt (`net.outbound`).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from tlsgate.config.model import Endpoint
 from tlsgate.net.relay import tune_for_relay
+from tlsgate.observe.events import BackendFailureReason
 
 
 @dataclass(frozen=True, slots=True)
 class BackendFailure:
     endpoint: Endpoint
-    reason: str  # "timeout", "refused", or the OS error's text
+    reason: BackendFailureReason
+    detail: str  # for the log line: the OS error's text, OpenSSL's verify message, ...
+
+
+class BackendAttemptError(Exception):
+    """One attempt to reach one backend address failed."""
+
+    def __init__(self, reason: BackendFailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
 
 
 class BackendUnavailableError(Exception):
-    """No backend address accepted a connection."""
+    """No backend address could be used; `failures` has one entry per attempt."""
 
     def __init__(self, failures: list[BackendFailure]) -> None:
-        super().__init__("; ".join(f"{f.endpoint}: {f.reason}" for f in failures))
+        super().__init__("; ".join(f"{f.endpoint}: {f.detail}" for f in failures))
         self.failures = failures
 
 
+# Called once per failed attempt, so that each is logged and counted as it happens.
+FailureReport = Callable[[BackendFailure], None]
+
+
 async def connect_backend(
-    endpoints: tuple[Endpoint, ...], timeout_seconds: float
+    endpoints: tuple[Endpoint, ...], timeout_seconds: float, on_failure: FailureReport
 ) -> tuple[trio.SocketStream, Endpoint]:
     """Return a connected stream to the first endpoint that answers.
 
@@ -37,15 +55,29 @@ async def connect_backend(
     failures: list[BackendFailure] = []
     for endpoint in endpoints:
         try:
-            with trio.fail_after(timeout_seconds):
-                stream = await _open(endpoint)
-            tune_for_relay(stream)
-            return stream, endpoint
-        except trio.TooSlowError:
-            failures.append(BackendFailure(endpoint, "timeout"))
-        except OSError as exc:
-            failures.append(BackendFailure(endpoint, _failure_reason(exc)))
+            return await connect_one(endpoint, timeout_seconds), endpoint
+        except BackendAttemptError as exc:
+            failure = BackendFailure(endpoint, exc.reason, exc.detail)
+            failures.append(failure)
+            on_failure(failure)
     raise BackendUnavailableError(failures)
+
+
+async def connect_one(endpoint: Endpoint, timeout_seconds: float) -> trio.SocketStream:
+    """One TCP connection, tuned for relaying.
+
+    Raises:
+        BackendAttemptError: refused, timed out, or another OS error (unreachable).
+    """
+    try:
+        with trio.fail_after(timeout_seconds):
+            stream = await _open(endpoint)
+    except trio.TooSlowError:
+        raise BackendAttemptError(BackendFailureReason.TIMEOUT, "connect timed out") from None
+    except OSError as exc:
+        raise _attempt_error(exc) from None
+    tune_for_relay(stream)
+    return stream
 
 
 async def _open(endpoint: Endpoint) -> trio.SocketStream:
@@ -65,12 +97,13 @@ async def _open(endpoint: Endpoint) -> trio.SocketStream:
     return trio.SocketStream(sock)
 
 
-def _failure_reason(exc: OSError) -> str:
+def _attempt_error(exc: OSError) -> BackendAttemptError:
     """trio's open_tcp_stream reports "all attempts failed" with the real errors (one per
     resolved address) in an exception group as the cause; the first one says why."""
     cause = exc.__cause__
     errors = list(cause.exceptions) if isinstance(cause, BaseExceptionGroup) else [exc]
     if any(isinstance(error, ConnectionRefusedError) for error in errors):
-        return "refused"
+        return BackendAttemptError(BackendFailureReason.REFUSED, "connection refused")
     first = errors[0]
-    return (isinstance(first, OSError) and first.strerror) or type(first).__name__
+    detail = (isinstance(first, OSError) and first.strerror) or str(first) or type(first).__name__
+    return BackendAttemptError(BackendFailureReason.UNREACHABLE, detail)

@@ -79,8 +79,13 @@ class MediationRunner:
         self._backend_finished = False
         self._cancel_scope = trio.CancelScope()
 
-    async def run(self, initial_client_data: bytes = b"") -> CloseReason:
+    async def run(
+        self, initial_client_data: bytes = b"", initial_backend_data: bytes = b""
+    ) -> CloseReason:
         """Mediate until the mediator closes the session or a peer breaks off.
+
+        The initial data was read before mediation began: the client's by the sniffer, the
+        backend's (a relay's greeting) by an outbound STARTTLS.
 
         Raises:
             PeerBrokenError: a stream broke; its `side` says which.
@@ -90,7 +95,7 @@ class MediationRunner:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._activity.watch, self._on_idle)
-                    nursery.start_soon(self._read_backend)
+                    nursery.start_soon(self._read_backend, initial_backend_data)
                     nursery.start_soon(self._read_client, initial_client_data)
         except BaseExceptionGroup as group:
             try:
@@ -121,7 +126,9 @@ class MediationRunner:
             self.bytes_from_client += len(data)
             await self._dispatch(ClientData(data))
 
-    async def _read_backend(self) -> None:
+    async def _read_backend(self, initial_data: bytes) -> None:
+        if initial_data:
+            await self._dispatch(BackendData(initial_data))
         while True:
             data = await self._receive(self.backend, Side.BACKEND)
             if not data:

@@ -33,6 +33,7 @@ input format; the cost is a few milliseconds per certificate and reload.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -45,9 +46,10 @@ from pathlib import Path
 from types import MappingProxyType
 
 from tlsgate.config.load import ConfigError, ConfigProblem, ConfigWarning
-from tlsgate.config.model import ClientAuth, Config, ListenerConfig, Profile, TlsMode
+from tlsgate.config.model import BackendTls, ClientAuth, Config, ListenerConfig, Profile, TlsMode
 from tlsgate.config.parse import quote
 from tlsgate.tls import certstore, selection
+from tlsgate.tls.backend_contexts import build_backend_contexts
 from tlsgate.tls.certstore import (
     CertificateInfo,
     EntryFindings,
@@ -85,6 +87,8 @@ class TlsSnapshot:
 
     Attributes:
         contexts: listener name -> its front context (only listeners with TLS).
+        backend_contexts: listener name -> its client context towards its relays (only
+            listeners with `backend_tls`).
         certificates: the loaded certificates, without keys (for metrics and logs).
         warnings: what `check` would print as warnings for this config's TLS side.
         legacy_listeners: names of listeners on the `legacy` profile (logged at start).
@@ -93,6 +97,9 @@ class TlsSnapshot:
     """
 
     contexts: Mapping[str, ssl.SSLContext]
+    backend_contexts: Mapping[str, ssl.SSLContext] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
     certificates: tuple[CertificateInfo, ...] = ()
     warnings: tuple[ConfigWarning, ...] = ()
     legacy_listeners: tuple[str, ...] = ()
@@ -101,6 +108,10 @@ class TlsSnapshot:
     def context_for(self, listener_name: str) -> ssl.SSLContext | None:
         """The context a new handshake on this listener starts with; None without TLS."""
         return self.contexts.get(listener_name)
+
+    def backend_context_for(self, listener_name: str) -> ssl.SSLContext | None:
+        """The context a new connection to this listener's relays uses; None without TLS."""
+        return self.backend_contexts.get(listener_name)
 
 
 def build_tls_snapshot(config: Config, *, now: datetime | None = None) -> TlsSnapshot:
@@ -176,11 +187,22 @@ class _Analysis:
         infos = [entry.info for entry in loaded if entry is not None]
         plans = [self._plan(index, listener, loaded) for index, listener in listeners]
         selections = self._judge_validity(infos, plans)
+        backend_contexts, backend_problems = build_backend_contexts(config)
+        self.add(backend_problems)
         if self.problems:
             return None
         if not listeners:
-            return TlsSnapshot(MappingProxyType({}), tuple(infos), tuple(self.warnings))
-        return self._build(loaded, plans, selections, infos)
+            snapshot = TlsSnapshot(MappingProxyType({}), certificates=tuple(infos))
+        else:
+            built = self._build(loaded, plans, selections, infos)
+            if built is None:
+                return None
+            snapshot = built
+        return dataclasses.replace(
+            snapshot,
+            backend_contexts=MappingProxyType(backend_contexts),
+            warnings=tuple(self.warnings),
+        )
 
     def _plan(
         self, index: int, listener: ListenerConfig, loaded: Sequence[LoadedCertificate | None]
@@ -394,21 +416,30 @@ FileStamp = tuple[int, int, int, int]
 
 def tls_files(config: Config) -> tuple[Path, ...]:
     """Every file the TLS contexts of `config` are built from, each once, in config order:
-    certificates, keys, PKCS#12 and password files, and client CA files (a CA directory
-    counts with every file in it, and itself: adding a file changes its mtime)."""
+    certificates, keys, PKCS#12 and password files, client CA files, and the outbound CA,
+    certificate and key files (a CA directory counts with every file in it, and itself)."""
     paths: list[Path] = []
     for entry in config.certificates:
         paths += [p for p in (entry.cert, entry.key, entry.pkcs12, entry.password_file) if p]
     for listener in config.listeners:
-        ca = listener.client_ca
-        if ca is None or listener.tls is TlsMode.NONE or listener.client_auth is ClientAuth.NONE:
-            continue
-        paths.append(ca)
-        if ca.is_dir():
-            # Unreadable: reported by the build; the directory's own stamp still changes.
-            with contextlib.suppress(OSError):
-                paths += sorted(p for p in ca.iterdir() if p.is_file())
+        if listener.backend_tls is not BackendTls.NONE:
+            paths += [p for p in (listener.backend_cert, listener.backend_key) if p]
+            paths += _with_directory_files(listener.backend_ca)
+        if listener.tls is not TlsMode.NONE and listener.client_auth is not ClientAuth.NONE:
+            paths += _with_directory_files(listener.client_ca)
     return tuple(dict.fromkeys(paths))
+
+
+def _with_directory_files(path: Path | None) -> list[Path]:
+    """A CA file, or a CA directory with every file in it (adding one changes its mtime)."""
+    if path is None:
+        return []
+    paths = [path]
+    if path.is_dir():
+        # Unreadable: reported by the build; the directory's own stamp still changes.
+        with contextlib.suppress(OSError):
+            paths += sorted(p for p in path.iterdir() if p.is_file())
+    return paths
 
 
 def tls_file_stamps(config: Config) -> dict[Path, FileStamp | None]:

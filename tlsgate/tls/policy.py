@@ -96,6 +96,10 @@ class ResolvedPolicy:
     server_preference: bool  # the server's cipher order beats the client's
 
 
+def ssl_version(version: TlsVersion) -> ssl.TLSVersion:
+    return _SSL_VERSIONS[version]
+
+
 def resolve(settings: TlsSettings) -> ResolvedPolicy:
     """The profile's values, replaced by whatever `settings` sets."""
     low, high = settings.versions
