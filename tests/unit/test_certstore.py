@@ -248,6 +248,7 @@ def info(
         index=index,
         name=names[0] if names else f"entry{index}",
         label=names[0] if names else f"entry{index}.pem",
+        subject=f"CN={names[0]}" if names else "",
         dns_names=names,
         key_type=key_type,
         not_before=NOW - timedelta(days=days_ago),

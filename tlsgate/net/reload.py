@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -41,7 +42,7 @@ import trio
 
 from tlsgate.config.load import ConfigError, load_config_with_warnings
 from tlsgate.net.server import ListenerBindError, Server, build_tls
-from tlsgate.observe.events import NoticeKind
+from tlsgate.observe.events import NoticeKind, ReloadResult
 from tlsgate.observe.logs import get_logger
 from tlsgate.tls.contexts import FileStamp, TlsSnapshot, tls_file_stamps
 
@@ -72,8 +73,18 @@ class Reloader:
     """Runs the reloads of one running `Server`: on request (SIGHUP), and when certificate
     files change or a certificate's validity begins or ends."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(
+        self,
+        server: Server,
+        *,
+        around_reload: Callable[[], contextlib.AbstractContextManager[object]] = (
+            contextlib.nullcontext
+        ),
+    ) -> None:
         self._server = server
+        # Wraps each requested (SIGHUP) reload, whatever its outcome: the daemon's sd_notify
+        # RELOADING=1 ... READY=1.
+        self._around_reload = around_reload
         self._lock = trio.Lock()
         self._requests, self._pending = trio.open_memory_channel[None](1)
         # Set, then replaced, whenever a reload put a new config in force: the certificate
@@ -99,7 +110,8 @@ class Reloader:
             nursery.start_soon(self._watch_certificates)
             nursery.start_soon(self._rotate_ticket_keys)
             async for _ in self._pending:
-                await self.reload_config()
+                with self._around_reload():
+                    await self.reload_config()
 
     async def reload_config(self) -> bool:
         """Re-read the config file and every certificate; switch to them if all are valid.
@@ -117,15 +129,16 @@ class Reloader:
                 )
                 stamps = tls_file_stamps(config)
                 tls = await trio.to_thread.run_sync(build_tls, config)
+                previous = self._server.config
                 diff = await self._server.reconfigure(config, tls)
             except ConfigError as exc:
-                _log_failure(Trigger.SIGNAL, [str(problem) for problem in exc.problems])
+                self._failed(Trigger.SIGNAL, [str(problem) for problem in exc.problems])
                 return False
             except ListenerBindError as exc:
-                _log_failure(Trigger.SIGNAL, [str(exc)])
+                self._failed(Trigger.SIGNAL, [str(exc)])
                 return False
             except Exception as exc:  # a reload must never take a serving daemon down
-                _log_failure(Trigger.SIGNAL, [f"internal error: {exc!r}"], exc_info=True)
+                self._failed(Trigger.SIGNAL, [f"internal error: {exc!r}"], exc_info=True)
                 return False
             if diff is None:
                 get_logger().info(NoticeKind.RELOAD_IGNORED.value, reason="draining")
@@ -133,11 +146,12 @@ class Reloader:
             self._stamps = stamps
             self._config_swapped.set()
             self._config_swapped = trio.Event()
-            get_logger().info(
-                NoticeKind.CONFIG_RELOADED.value,
-                **diff.counts(),
-                warnings=[str(warning) for warning in (*warnings, *tls.warnings)],
-            )
+            self._server.metrics.config_reload(ReloadResult.SUCCESS)
+            notes = [str(warning) for warning in (*warnings, *tls.warnings)]
+            if config.metrics != previous.metrics:
+                # prometheus_client's server cannot move; the old endpoint keeps serving.
+                notes.append("[metrics] changed: the metrics endpoint moves on restart only")
+            get_logger().info(NoticeKind.CONFIG_RELOADED.value, **diff.counts(), warnings=notes)
             return True
 
     async def reload_certificates(self, trigger: Trigger) -> bool:
@@ -157,19 +171,24 @@ class Reloader:
             try:
                 tls: TlsSnapshot = await trio.to_thread.run_sync(build_tls, config)
             except ConfigError as exc:
-                _log_failure(trigger, [str(problem) for problem in exc.problems])
+                self._failed(trigger, [str(problem) for problem in exc.problems])
                 return False
             except Exception as exc:
-                _log_failure(trigger, [f"internal error: {exc!r}"], exc_info=True)
+                self._failed(trigger, [f"internal error: {exc!r}"], exc_info=True)
                 return False
             # A drain that began meanwhile accepts nothing more, so the swap is harmless then.
             self._server.replace_tls(tls)
+            self._server.metrics.config_reload(ReloadResult.SUCCESS)
             get_logger().info(
                 NoticeKind.CERTIFICATES_RELOADED.value,
                 trigger=trigger.value,
                 warnings=[str(warning) for warning in tls.warnings],
             )
             return True
+
+    def _failed(self, trigger: Trigger, problems: list[str], *, exc_info: bool = False) -> None:
+        self._server.metrics.config_reload(ReloadResult.FAILURE)
+        _log_failure(trigger, problems, exc_info=exc_info)
 
     async def _watch_certificates(self) -> None:
         while True:

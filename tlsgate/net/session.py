@@ -20,8 +20,10 @@ from structlog.typing import FilteringBoundLogger
 
 from tlsgate.config.model import ListenerConfig, Protocol, TlsMode
 from tlsgate.net.activity import Activity
-from tlsgate.net.backend import BackendUnavailableError, connect_backend
+from tlsgate.net.backend import BackendFailure, BackendUnavailableError, connect_backend
+from tlsgate.net.limits import HandshakeSlots
 from tlsgate.net.mediate import GOODBYE_SEND_TIMEOUT_SECONDS, MediationRunner
+from tlsgate.net.outbound import BackendConnection, RelayMemory, connect_outbound
 from tlsgate.net.relay import (
     RECEIVE_SIZE_BYTES,
     PeerBrokenError,
@@ -30,8 +32,9 @@ from tlsgate.net.relay import (
     tune_for_relay,
 )
 from tlsgate.net.tls_stream import TlsStream
-from tlsgate.observe.events import CloseReason, DetectedKind, HandshakeFailure, NoticeKind
-from tlsgate.observe.observer import log_notice
+from tlsgate.observe.events import CloseReason, DetectedKind, HandshakeFailure
+from tlsgate.observe.metrics import ListenerMetrics
+from tlsgate.observe.observer import SessionObserver
 from tlsgate.protocol.io_types import Mediator, Notice, SessionPolicy
 from tlsgate.protocol.pop3_server import Pop3ServerMediator
 from tlsgate.protocol.smtp_server import SmtpServerMediator
@@ -50,6 +53,12 @@ class Session:
         listener: ListenerConfig,
         context: ssl.SSLContext | None,
         logger: FilteringBoundLogger,
+        *,
+        backend_context: ssl.SSLContext | None = None,
+        relays: RelayMemory | None = None,
+        metrics: ListenerMetrics,
+        handshake_slots: HandshakeSlots | None = None,
+        holds_handshake_slot: bool = False,
     ) -> None:
         self.listener = listener
         self._raw = stream
@@ -58,15 +67,25 @@ class Session:
         self._log = logger
         self._client: trio.abc.Stream = stream
         self._backend: trio.abc.Stream | None = None
+        self._backend_context = backend_context
+        self._relays = relays or RelayMemory()
+        # An outbound STARTTLS read the relay's greeting; the client gets it first.
+        self._backend_greeting = b""
         self._accepted_at = trio.current_time()
         self._bytes_from_client = 0
         self._bytes_from_backend = 0
         self._peer_ip, self._peer = _peer(stream)
+        # Bound once, so every line of the session names the client, not only `accepted`.
+        self._log = logger.bind(peer=self._peer)
+        self._observer = SessionObserver(self._log, metrics)
+        self._handshake_slots = handshake_slots
+        # Implicit TLS: the accept loop took this session's handshake slot (net.limits).
+        self._holds_handshake_slot = holds_handshake_slot
         # The client certificate that passed verification (client_auth), for later features.
         self.client_identity: ClientIdentity | None = None
 
     async def run(self) -> None:
-        self._log.info(NoticeKind.ACCEPTED.value, peer=self._peer)
+        self._observer.accepted()
         reason = CloseReason.INTERNAL_ERROR
         try:
             reason = await self._serve()
@@ -76,26 +95,21 @@ class Session:
             )
         except TlsHandshakeError as exc:
             reason = CloseReason.HANDSHAKE_FAILED
-            self._log.warning(
-                NoticeKind.HANDSHAKE_FAILED.value,
-                reason=exc.failure.value,
-                detail=exc.detail,
-                peer=self._peer_ip,
-            )
+            self._observer.handshake_failed(exc.failure, exc.detail)
         except trio.Cancelled:
             reason = CloseReason.SHUTDOWN
             raise
         except Exception:
-            self._log.exception("internal_error")
+            self._observer.internal_error()
         finally:
+            self._give_back_handshake_slot()  # a session that ended before its handshake
             with trio.CancelScope(shield=True):
                 await self._close_streams()
-            self._log.info(
-                NoticeKind.CLOSED.value,
-                reason=reason.value,
-                bytes_client_to_backend=self._bytes_from_client,
-                bytes_backend_to_client=self._bytes_from_backend,
-                duration_ms=round((trio.current_time() - self._accepted_at) * 1000),
+            self._observer.closed(
+                reason,
+                self._bytes_from_client,
+                self._bytes_from_backend,
+                trio.current_time() - self._accepted_at,
             )
 
     async def _serve(self) -> CloseReason:
@@ -110,7 +124,7 @@ class Session:
             if detected is None:
                 return CloseReason.COMPLETED  # closed before saying anything
             kind, initial_data = detected
-            self._log.info(NoticeKind.DETECTED.value, kind=kind.value)
+            self._observer.detected(kind)
             if kind is DetectedKind.TLS:
                 await self._start_tls(initial_data, self._accepted_at + listener.handshake_timeout)
                 client_tls, initial_data = True, b""
@@ -129,7 +143,7 @@ class Session:
             activity=activity,
         )
         try:
-            return await runner.run(initial_data)
+            return await runner.run(initial_data, self._backend_greeting)
         finally:
             self._client = runner.client
             self._bytes_from_client += runner.bytes_from_client
@@ -156,12 +170,15 @@ class Session:
             return DetectedKind.PLAINTEXT, b""
         if not first:
             return None
-        with trio.fail_at(self._accepted_at + self.listener.handshake_timeout):
+        with trio.move_on_at(self._accepted_at + self.listener.handshake_timeout) as hello:
             while (verdict := classify(first)) is Verdict.NEED_MORE:
                 more = await self._receive_raw()
                 if not more:
                     return None
                 first += more
+        if hello.cancelled_caught:
+            # A record header that never completes is a handshake that never starts.
+            raise TlsHandshakeError(HandshakeFailure.TIMEOUT, "handshake timeout")
         return (DetectedKind.TLS if verdict is Verdict.TLS else DetectedKind.EARLY_TALKER), first
 
     async def _receive_raw(self) -> bytes:
@@ -177,7 +194,13 @@ class Session:
         started = trio.current_time()
         try:
             with trio.fail_at(deadline):
-                await tls.do_handshake()
+                if self._handshake_slots is not None and not self._holds_handshake_slot:
+                    await self._handshake_slots.take(self)
+                    self._holds_handshake_slot = True
+                try:
+                    await tls.do_handshake()
+                finally:
+                    self._give_back_handshake_slot()
         except trio.TooSlowError:
             raise TlsHandshakeError(HandshakeFailure.TIMEOUT, "handshake timeout") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -190,16 +213,20 @@ class Session:
             if identity is not None
             else {}
         )
-        self._log.info(
-            NoticeKind.TLS_ESTABLISHED.value,
-            version=ssl_object.version() or "",
-            cipher=cipher[0] if cipher else "",
+        self._observer.tls_established(
+            ssl_object.version() or "",
+            cipher[0] if cipher else "",
             # Set by the SNI callback (tlsgate.tls.contexts.sni_callback).
-            sni=getattr(ssl_object, "tlsgate_sni", None) or "",
-            handshake_ms=round((trio.current_time() - started) * 1000, 1),
+            getattr(ssl_object, "tlsgate_sni", None) or "",
+            trio.current_time() - started,
             **client,
         )
         return tls
+
+    def _give_back_handshake_slot(self) -> None:
+        if self._holds_handshake_slot and self._handshake_slots is not None:
+            self._handshake_slots.give_back(self)
+            self._holds_handshake_slot = False
 
     async def _start_tls_after_command(self, stream: trio.abc.Stream) -> trio.abc.Stream:
         assert stream is self._raw, "STARTTLS happens once, on the plaintext transport"
@@ -208,21 +235,36 @@ class Session:
     # ---- backend ----------------------------------------------------------------------------
 
     async def _connect_backend(self) -> bool:
+        listener = self.listener
         started = trio.current_time()
         try:
-            self._backend, endpoint = await connect_backend(
-                self.listener.backend, self.listener.connect_timeout
-            )
-        except BackendUnavailableError as exc:
-            self._log.warning(NoticeKind.BACKEND_FAILED.value, reason=str(exc))
-            await self._send_goodbye(backend_unavailable_reply(self.listener.protocol))
+            if self._backend_context is None:
+                stream, endpoint = await connect_backend(
+                    listener.backend, listener.connect_timeout, self._on_backend_failure
+                )
+                connection = BackendConnection(stream, endpoint, encrypted=False)
+            else:
+                connection = await connect_outbound(
+                    listener, self._backend_context, self._relays, self._on_backend_failure
+                )
+        except BackendUnavailableError:
+            tls_wanted = self._backend_context is not None
+            await self._send_goodbye(backend_unavailable_reply(listener.protocol, tls_wanted))
             return False
-        self._log.info(
-            NoticeKind.BACKEND_CONNECTED.value,
-            backend=str(endpoint),
-            connect_ms=round((trio.current_time() - started) * 1000, 1),
+        self._backend, self._backend_greeting = connection.stream, connection.greeting
+        tls_version = ""
+        if isinstance(connection.stream, TlsStream):
+            tls_version = connection.stream.ssl_object.version() or ""
+        elif self._backend_context is not None:
+            # Only where the operator asked for it (backend_tls_fallback); never silent.
+            self._observer.plaintext_fallback(connection.endpoint)
+        self._observer.backend_connected(
+            trio.current_time() - started, connection.endpoint, tls_version=tls_version
         )
         return True
+
+    def _on_backend_failure(self, failure: BackendFailure) -> None:
+        self._observer.backend_failed(failure.reason, failure.detail, endpoint=failure.endpoint)
 
     async def _send_goodbye(self, reply: bytes) -> None:
         if not reply:
@@ -260,7 +302,7 @@ class Session:
         return any(address in network for network in self.listener.starttls_exclude)
 
     def _on_notice(self, notice: Notice) -> None:
-        log_notice(self._log, notice)
+        self._observer.notice(notice)
 
     # ---- closing ----------------------------------------------------------------------------
 

@@ -26,8 +26,14 @@ def _redact(
     return event_dict
 
 
-def configure_logging(config: LogConfig) -> None:
-    """Configure structlog for the whole process (the CLI calls this once)."""
+def configure_logging(config: LogConfig, *, worker: int | None = None) -> None:
+    """Configure structlog for the whole process (the CLI calls this once).
+
+    `worker`: the worker id of a `workers = N` process, carried by every line it logs.
+    """
+    if worker is not None:
+        # trio's tasks start from a copy of this context, so every session's lines get it.
+        structlog.contextvars.bind_contextvars(worker=worker)
     renderer: structlog.typing.Processor
     if config.format is LogFormat.JSON:
         renderer = structlog.processors.JSONRenderer()

@@ -81,6 +81,7 @@ class CertificateInfo:
     index: int  # position in `config.certificates`
     name: str  # the entry's `name`, else its first DNS name, else its file's stem
     label: str  # metrics label (CONTRACT.md): first DNS SAN, else the file name
+    subject: str  # the leaf's subject, RFC 4514 (e.g. "CN=mail.example.com"): a metrics label
     dns_names: tuple[str, ...]  # SAN DNS names, lower case, without a trailing dot
     key_type: KeyType
     not_before: datetime
@@ -298,6 +299,7 @@ def _info(
         index=index,
         name=entry.name or (dns_names[0] if dns_names else entry.source.stem),
         label=dns_names[0] if dns_names else entry.source.name,
+        subject=leaf.subject.rfc4514_string(),
         dns_names=dns_names,
         key_type=_key_type(key),
         not_before=leaf.not_valid_before_utc,
