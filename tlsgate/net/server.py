@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import errno
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from tlsgate.config.model import Config, ListenerConfig
+from tlsgate.config.model import Config, ListenerConfig, TlsMode
+from tlsgate.net.limits import HandshakeSlots, refuse
 from tlsgate.net.listener_diff import ListenerDiff, diff_listeners
+from tlsgate.net.outbound import RelayMemory
 from tlsgate.net.session import Session
-from tlsgate.observe.events import NoticeKind
+from tlsgate.observe.events import CloseReason, NoticeKind
 from tlsgate.observe.logs import configure_logging, get_logger
+from tlsgate.observe.metrics import Metrics
+from tlsgate.protocol.tempfail import too_many_connections_reply
 from tlsgate.tls.contexts import TlsSnapshot, build_tls_snapshot
 
 # Out of file descriptors or kernel memory: the accept loop waits and tries again rather than
@@ -80,15 +84,41 @@ class _Listening:
 class Server:
     """Serves every listener of one config until `shutdown()` and the drain that follows."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        inherited: Mapping[str, Sequence[trio.SocketListener]] | None = None,
+        after_bind: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+        tls: TlsSnapshot | None = None,
+    ) -> None:
         self.config = config
+        # One per server, passed in rather than global (ghostunnel): every session counts here.
+        self.metrics = metrics if metrics is not None else Metrics()
+        # Socket activation (`tlsgate.service.activation`): listener name -> sockets systemd
+        # bound. Only the first bind takes them; a listener a reload adds binds its own.
+        self._inherited = dict(inherited or {})
+        # Runs once every listener is bound and before the first accept: dropping root there
+        # means no connection is ever handled as root.
+        self._after_bind = after_bind
         self.draining = False
-        self._tls: TlsSnapshot | None = None
+        # A worker of `workers = N` serves the snapshot the supervisor built before forking, so
+        # that every worker has the same session-ticket keys; otherwise `run` builds one.
+        self._tls: TlsSnapshot | None = tls
+        self.accepting = trio.Event()  # set once every listener accepts
+        self.stopped_accepting = trio.Event()  # set once no listener accepts any more
         self._listening: dict[str, _Listening] = {}
         self._accept_scope = trio.CancelScope()
         self._acceptors: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self._connection_ids = itertools.count(1)
+        # Outlives reloads: which relays failed TLS last time (backend_tls_fallback "alternate").
+        self._relays = RelayMemory()
+        # Sessions open now, in all and per listener name (net.limits: max_connections).
+        self._open = 0
+        self._open_by_listener: dict[str, int] = {}
+        self._handshake_slots = HandshakeSlots(config.max_handshakes_in_progress)
         self._log = get_logger()
 
     async def run(
@@ -102,10 +132,20 @@ class Server:
             ConfigError: a certificate is unusable (before `task_status.started`).
             ListenerBindError: a listener could not bind (before `task_status.started`).
         """
-        self._tls = build_tls(self.config)
+        if self._tls is None:
+            self._tls = build_tls(self.config)
+        self.metrics.certificates_loaded(self._tls.certificates)
         self._warn_legacy()
-        bound = await _bind_all(self.config.listeners)
+        bound = await _bind_all(self.config.listeners, self._inherited)
+        self._inherited = {}
         self._listening = {entry.config.name: entry for entry in bound}
+        try:
+            if self._after_bind is not None:
+                self._after_bind()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _close_all(bound)
+            raise
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
             try:
@@ -115,6 +155,7 @@ class Server:
                         for entry in bound:
                             self._start_accepting(entry)
                         task_status.started({entry.config.name: entry.address for entry in bound})
+                        self.accepting.set()
             finally:
                 self._acceptors = None
                 # Closed as soon as accepting stops, not after the drain: a client connecting
@@ -122,6 +163,7 @@ class Server:
                 with trio.CancelScope(shield=True):
                     for entry in self._listening.values():
                         await entry.aclose()
+                self.stopped_accepting.set()
 
     def shutdown(self) -> None:
         """Stop accepting now; give sessions `shutdown_timeout` seconds, then cancel them."""
@@ -132,6 +174,15 @@ class Server:
                 trio.current_time() + self.config.shutdown_timeout
             )
         self._log.info(NoticeKind.DRAINING.value, timeout_seconds=self.config.shutdown_timeout)
+
+    def retire(self) -> None:
+        """Stop accepting now and let every session finish, however long it takes.
+
+        A worker replaced by a reload retires: no session is cut short. `shutdown()` after it
+        still bounds the drain.
+        """
+        self._accept_scope.cancel()
+        self._log.info(NoticeKind.RETIRING.value)
 
     @property
     def tls(self) -> TlsSnapshot:
@@ -171,6 +222,7 @@ class Server:
             configure_logging(config.log)
             self._log = get_logger()
         self.config, self._tls = config, tls
+        self.metrics.certificates_loaded(tls.certificates)
         self._warn_legacy()
         for entry in fresh:
             self._listening[entry.config.name] = entry
@@ -190,6 +242,7 @@ class Server:
     def replace_tls(self, tls: TlsSnapshot) -> None:
         """New handshakes use `tls` (built from the current config); sessions keep theirs."""
         self._tls = tls
+        self.metrics.certificates_loaded(tls.certificates)
 
     def _warn_legacy(self) -> None:
         for name in self.tls.legacy_listeners:
@@ -197,6 +250,7 @@ class Server:
 
     def _start_accepting(self, entry: _Listening) -> None:
         assert self._acceptors is not None
+        self.metrics.listener(entry.config)  # its series exist, at 0, before the first accept
         self._acceptors.start_soon(self._serve_listener, entry)
         self._log.info(
             NoticeKind.LISTENING.value,
@@ -222,19 +276,68 @@ class Server:
             except OSError as exc:
                 if exc.errno not in ACCEPT_RETRY_ERRNOS:
                     raise
-                self._log.error("accept_failed", listener=entry.config.name, error=exc.strerror)
+                self._log.error(
+                    NoticeKind.ACCEPT_FAILED.value, listener=entry.config.name, error=exc.strerror
+                )
                 await trio.sleep(ACCEPT_BACKOFF_SECONDS)
                 continue
             # Read at accept time, kept by the session to its end (see the module docstring).
             listener = entry.config
+            if self._over_limit(listener):
+                self._refuse(stream, listener)
+                continue
             assert self._tls is not None
             context = self._tls.context_for(listener.name)
             conn_id = f"{next(self._connection_ids):x}"
             logger = self._log.bind(conn_id=conn_id, listener=listener.name)
-            self._handlers.start_soon(Session(stream, listener, context, logger).run)
+            implicit = listener.tls is TlsMode.IMPLICIT
+            session = Session(
+                stream,
+                listener,
+                context,
+                logger,
+                backend_context=self._tls.backend_context_for(listener.name),
+                relays=self._relays,
+                metrics=self.metrics.listener(listener),
+                handshake_slots=self._handshake_slots,
+                holds_handshake_slot=implicit,
+            )
+            if implicit:
+                # While no slot is free this loop accepts nothing: the backlog holds the rest.
+                await self._handshake_slots.take(session)
+            self._open += 1
+            self._open_by_listener[listener.name] = self._open_by_listener.get(listener.name, 0) + 1
+            self._handlers.start_soon(self._run_session, session)
+
+    async def _run_session(self, session: Session) -> None:
+        try:
+            await session.run()
+        finally:
+            self._open -= 1
+            self._open_by_listener[session.listener.name] -= 1
+
+    def _over_limit(self, listener: ListenerConfig) -> bool:
+        total, mine = self.config.max_connections, listener.max_connections
+        return (total is not None and self._open >= total) or (
+            mine is not None and self._open_by_listener.get(listener.name, 0) >= mine
+        )
+
+    def _refuse(self, stream: trio.SocketStream, listener: ListenerConfig) -> None:
+        refuse(stream, too_many_connections_reply(listener.protocol, listener.tls))
+        self.metrics.listener(listener).connection_refused(CloseReason.OVER_LIMIT)
+        self._log.warning(
+            NoticeKind.CONNECTION_REFUSED.value,
+            listener=listener.name,
+            reason="max_connections",
+            open=self._open,
+        )
 
 
-async def _bind(listener: ListenerConfig) -> _Listening:
+async def _bind(
+    listener: ListenerConfig, inherited: Sequence[trio.SocketListener] = ()
+) -> _Listening:
+    if inherited:
+        return _Listening(listener, list(inherited))
     try:
         sockets = await trio.open_tcp_listeners(
             listener.listen.port, host=listener.listen.host, backlog=LISTEN_BACKLOG
@@ -244,13 +347,20 @@ async def _bind(listener: ListenerConfig) -> _Listening:
     return _Listening(listener, sockets)
 
 
-async def _bind_all(listeners: Sequence[ListenerConfig]) -> list[_Listening]:
-    """Bind each listener, or none: on a failure the sockets bound so far are closed."""
+async def _bind_all(
+    listeners: Sequence[ListenerConfig],
+    inherited: Mapping[str, Sequence[trio.SocketListener]] | None = None,
+) -> list[_Listening]:
+    """Bind each listener, or none: on a failure the sockets bound so far are closed.
+
+    A listener with `inherited` sockets (socket activation) serves those instead of binding.
+    """
+    taken = inherited or {}
     bound: list[_Listening] = []
     try:
         for listener in listeners:
             # A loop, not a comprehension: what is bound before a failure must be closed.
-            bound.append(await _bind(listener))  # noqa: PERF401
+            bound.append(await _bind(listener, taken.get(listener.name, ())))  # noqa: PERF401
     except BaseException:
         with trio.CancelScope(shield=True):
             await _close_all(bound)
@@ -266,7 +376,8 @@ async def _close_all(entries: Iterable[_Listening]) -> None:
 async def serve(
     config: Config,
     *,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `config` until cancelled (the demo and the tests use this)."""
-    await Server(config).run(task_status=task_status)
+    await Server(config, metrics=metrics).run(task_status=task_status)
