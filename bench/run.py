@@ -1,13 +1,14 @@
-"""tlsgate's performance bench: tlsgate beside stunnel4 and a bare trio.SSLStream relay.
+"""tlsgate's performance bench: tlsgate beside stunnel4 and HAProxy (issue 7, section 4).
 
-    python bench/run.py                  # the full run, about 3 minutes
-    python bench/run.py --quick          # a smoke run, under a minute
+    python bench/run.py                  # the full run, about 5 minutes
+    python bench/run.py --quick          # a smoke run, about a minute
     python bench/run.py --only bulk --seconds 5 --runs 3
+    python bench/run.py --only idle9000  # 9,000 idle sessions held by tlsgate
 
 Every relay terminates implicit TLS (TLS 1.3, ECDSA P-256) on 127.0.0.1 in front of the same
 plaintext sink. The relay runs on one CPU, the load client and the sink on the other. The run
-prints a table of medians with ratios to stunnel, and a check of which side limited each figure.
-See bench/README.md.
+prints a table of medians with ratios to stunnel and issue 7's targets, tlsgate workers = 1
+beside workers = 2, and a check of which side limited each figure. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import queue
 import resource
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -35,35 +38,58 @@ from types import FrameType
 from typing import Any
 
 import clients
+import latency
 import tls13_client
 from certs import make_p256_cert
-from procs import Child, CpuSample, CpuUse, Meter, cpu_busy_jiffies, rss_kib, spawn, thread_count
+from procs import (
+    Child,
+    CpuSample,
+    CpuUse,
+    Meter,
+    cpu_busy_jiffies,
+    nofile_limit,
+    open_fds,
+    rss_kib,
+    spawn,
+    thread_count,
+)
 from proxies import (
     BENCH_DIR,
     REPO_ROOT,
     Backends,
     Proxy,
     await_ready,
+    haproxy_version,
     start_baseline,
+    start_haproxy,
     start_stunnel,
     start_tlsgate,
+    tlsgate_accepts_workers,
 )
 from report import (
     OTHER_LOAD_PCT,
+    WORKER_COUNTS,
     Results,
     bottlenecks,
     cpu_note,
     notes,
     run_details,
     table,
+    workers_table,
 )
 
-# The order the tests run in. idle comes first, on relays that have not yet served anything
-# else: memory that earlier tests freed would otherwise be reused and hide the cost of an idle
-# connection (by half, for the baseline).
-TESTS = ("idle", "bulk", "handshakes", "smtp")
+# The order the tests run in. The idle tests come first, on relays that have not yet served
+# anything else: memory that earlier tests freed would otherwise be reused and hide the cost of
+# an idle connection (by half, for the baseline).
+TESTS = ("idle", "idle9000", "bulk", "handshakes", "smtp", "latency", "workers")
+QUICK_TESTS = ("idle", "bulk", "handshakes", "smtp", "latency", "workers")
 WARM_UP = 20  # connections opened and closed before the idle test's "before"
-RELAYS = ("stunnel", "tlsgate", "baseline")
+RELAYS = ("stunnel", "tlsgate", "haproxy", "baseline")
+DEFAULT_RELAYS = ("stunnel", "tlsgate", "haproxy")  # issue 7's three; the baseline on request
+BULK_CONNECTIONS = 4  # the workers test's aggregate throughput
+PLAIN_FLOOR = "plaintext haproxy"  # the latency test's reference relay without TLS
+LAT_ALONE = ("lat1_p50", "lat1_p99")  # the metrics of one latency measurement, 1 session
+LAT_BUSY = ("lat200_p50", "lat200_p99")  # and with --lat-sessions sessions
 
 
 def log(message: str) -> None:
@@ -87,7 +113,9 @@ class Sink:
         )
         threading.Thread(target=self._read, daemon=True).start()
         ready = self.next_report("ready", timeout=15.0)
-        self.backends = Backends(int(ready["bulk"]), int(ready["smtp"]), int(ready["greet"]))
+        self.backends = Backends(
+            int(ready["bulk"]), int(ready["smtp"]), int(ready["greet"]), int(ready["park"])
+        )
 
     def _read(self) -> None:
         stdout = self.child.popen.stdout
@@ -126,6 +154,10 @@ class Bench:
     results: Results
     quiet_budget: float  # seconds left to wait for other processes to go quiet
     retry_budget: int  # repeats left for measurements that other processes disturbed
+    tmp: Path  # configs and logs of this run
+    cert: Path
+    key: Path
+    stack: contextlib.ExitStack  # stops the processes started during the run
 
     def live(self) -> Iterator[Proxy]:
         """The relays still running (one that died is reported, and skipped from then on)."""
@@ -159,32 +191,54 @@ class Bench:
     def measure(
         self, metric: str, p: Proxy, fn: Callable[[], tuple[float, CpuUse | None]]
     ) -> CpuUse | None:
-        """Run one measurement and record its value and CPU use, or its error.
+        """Run one measurement of one metric; see ``measure_group``."""
 
-        ``fn`` returns the value, and the CPU use if it sampled it itself (else it is sampled
+        def one() -> tuple[dict[str, float], CpuUse | None]:
+            value, cpu = fn()
+            return {metric: value}, cpu
+
+        return self.measure_group(metric, (metric,), p, one)
+
+    def measure_group(
+        self,
+        label: str,
+        metrics: tuple[str, ...],
+        p: Proxy,
+        fn: Callable[[], tuple[dict[str, float], CpuUse | None]],
+        series_name: str | None = None,
+    ) -> CpuUse | None:
+        """Run one measurement and record its values (one per metric) and CPU use, or its error
+        under each of ``metrics``.
+
+        ``fn`` returns the values, and the CPU use if it sampled it itself (else it is sampled
         around the call). A run that other processes disturbed is repeated while the run's
-        retry budget lasts.
+        retry budget lasts. The values are recorded under ``series_name`` (default: the relay's
+        name).
         """
-        series = self.results.of(metric, p.name)
+        name = series_name or p.name
         while True:  # bounded: each repeat spends the retry budget
             self.wait_quiet()
             before = self.sample(p)
             try:
-                value, sampled = fn()
+                values, sampled = fn()
             except Exception as exc:  # a failed run is reported, and the bench goes on
-                series.errors.append(f"{type(exc).__name__}: {exc}")
-                log(f"  {p.name:8} {metric}: FAILED {type(exc).__name__}: {exc}")
+                for metric in metrics:
+                    self.results.of(metric, name).errors.append(f"{type(exc).__name__}: {exc}")
+                log(f"  {name:8} {label}: FAILED {type(exc).__name__}: {exc}")
                 time.sleep(0.5)
                 return None
             cpu = sampled or CpuUse.between(before, self.sample(p))
             time.sleep(0.3)  # let the relay finish closing before the next measurement
+            shown = ", ".join(f"{v:,.1f}" for v in values.values())
             if cpu.other_pct < OTHER_LOAD_PCT or self.retry_budget <= 0:
                 break
             self.retry_budget -= 1
-            log(f"  {p.name:8} {metric}: {value:,.1f} disturbed ({cpu_note(cpu)}); again")
-        series.cpu.append(cpu)
-        series.values.append(value)
-        log(f"  {p.name:8} {metric}: {value:,.1f}  ({cpu_note(cpu)})")
+            log(f"  {name:8} {label}: {shown} disturbed ({cpu_note(cpu)}); again")
+        for metric, value in values.items():
+            series = self.results.of(metric, name)
+            series.cpu.append(cpu)
+            series.values.append(value)
+        log(f"  {name:8} {label}: {shown}  ({cpu_note(cpu)})")
         return cpu
 
 
@@ -305,11 +359,220 @@ def test_idle(b: Bench) -> None:
         time.sleep(1.0)
 
 
+def test_idle9000(b: Bench) -> None:
+    """Total RSS of tlsgate holding ``--idle9000-conns`` idle TLS sessions (issue 7: 9,000 in
+    < 400 MB). tlsgate only: stunnel would need a thread per session."""
+    n = b.args.idle9000_conns
+    p = next((r for r in b.live() if r.name == "tlsgate"), None)
+    if p is None:
+        log("idle9000: skipped, tlsgate is not running")
+        return
+    log(f"idle9000: total RSS of tlsgate holding {n:,} idle TLS sessions")
+    series = b.results.of("idle9000_rss", p.name)
+    # Each session is two descriptors in the relay (client and backend), one in the harness
+    # and one in the sink. The relay inherits the harness's limit (prepare_process raises it to
+    # the hard limit); tlsgate may also raise its own soft limit, so check what it has now.
+    relay_limit = nofile_limit(p.pid)
+    own_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if relay_limit < 2 * n + 100 or own_limit < n + 100:
+        why = (
+            f"RLIMIT_NOFILE too low for {n:,} sessions: tlsgate has {relay_limit:,} (needs "
+            f"{2 * n + 100:,}), the harness {own_limit:,} (needs {n + 100:,}); see ulimit -Hn"
+        )
+        series.errors.append(why)
+        log(f"  {p.name:8} idle9000: FAILED {why}")
+        return
+    fds_before = open_fds(p.pid)
+    before = rss_kib(p.pid)
+    held: list[socket.socket] = []
+    started = time.monotonic()
+    try:
+        res = tls13_client.open_idle(
+            p.ports["hold"], n, concurrency=b.args.concurrency, max_seconds=120.0
+        )
+        held = res.held
+        if len(held) < n:
+            reasons = ", ".join(f"{k} x {why}" for why, k in sorted(res.errors.items()))
+            raise RuntimeError(f"only {len(held):,} of {n:,} sessions opened ({reasons})")
+        opened = time.monotonic() - started
+        time.sleep(2.0)  # let every session settle in its idle state
+        after, fds = rss_kib(p.pid), open_fds(p.pid)
+    except Exception as exc:
+        series.errors.append(f"{type(exc).__name__}: {exc}")
+        log(f"  {p.name:8} idle9000: FAILED {type(exc).__name__}: {exc}")
+        return
+    finally:
+        for sock in held:
+            sock.close()
+        _wait_for_fds(p.pid, fds_before + 100, timeout=30.0)
+    series.values.append(after * 1024 / 1e6)
+    detail = (
+        f"idle9000 / tlsgate: RSS {before / 1024:.1f} → {after / 1024:.1f} MiB, "
+        f"{(after - before) / n:.1f} KiB per session; {fds:,} descriptors open "
+        f"(RLIMIT_NOFILE {relay_limit:,}); {n:,} sessions opened in {opened:.1f} s"
+    )
+    b.results.details.append(detail)
+    log(f"  {p.name:8} idle9000: {after * 1024 / 1e6:,.0f} MB; " + detail.split(": ", 1)[1])
+
+
+def _wait_for_fds(pid: int, at_most: int, timeout: float) -> None:
+    """Wait, up to ``timeout`` s, until the relay has closed the sessions the client closed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and open_fds(pid) > at_most:
+        time.sleep(0.2)
+
+
+def test_latency(b: Bench) -> None:
+    """Latency added to one NOOP round trip, beside a plaintext session straight to the sink:
+    one session alone, then ``--lat-sessions`` at one NOOP a second each."""
+    direct = b.sink.backends.smtp
+    count, sessions, seconds = b.args.lat_count, b.args.lat_sessions, b.args.lat_seconds
+    log(
+        f"latency: {b.args.runs} run(s) per relay of {count} NOOPs in 1 session, then "
+        f"{sessions} sessions x 1 NOOP/s for {seconds:g} s; tlsgate via STARTTLS"
+    )
+
+    def listener(p: Proxy) -> tuple[int, str]:
+        if "submission" in p.ports:  # issue 7 asks for a STARTTLS session through tlsgate
+            return p.ports["submission"], "starttls"
+        return p.ports["smtps"], "implicit"  # stunnel and HAProxy cannot do STARTTLS
+
+    def alone(name: str, port: int, mode: str) -> tuple[dict[str, float], None]:
+        lat = latency.single(port, mode, direct, count, gap=0.001)
+        b.results.raw.append({"test": "latency, 1 session", "relay": name, **lat.as_json()})
+        log(f"    {name}, 1 session: {lat.summary()}")
+        return {"lat1_p50": lat.added(50), "lat1_p99": lat.added(99)}, None
+
+    def crowd(name: str, port: int, mode: str) -> tuple[dict[str, float], None]:
+        lat = latency.busy(port, mode, direct, sessions, seconds)
+        b.results.raw.append({"test": "latency, busy", "relay": name, **lat.as_json()})
+        late = f"; {lat.late_sends} NOOPs sent > 5 ms late" if lat.late_sends else ""
+        log(f"    {name}, {sessions} sessions: {lat.summary()}{late}")
+        return {"lat200_p50": lat.added(50), "lat200_p99": lat.added(99)}, None
+
+    for run in range(b.args.runs):
+        for p in b.live():
+            port, mode = listener(p)
+            b.measure_group("latency, 1 session", LAT_ALONE, p, partial(alone, p.name, port, mode))
+            b.measure_group("latency, busy", LAT_BUSY, p, partial(crowd, p.name, port, mode))
+            if "plain" in p.ports and run == 0:
+                # The machine's floor, once: HAProxy relaying plaintext (no TLS). What it adds
+                # is the relay hop itself (wake-ups across CPUs, two more socket round trips).
+                floor = partial(alone, PLAIN_FLOOR, p.ports["plain"], "plain")
+                b.measure_group("latency, 1 session", LAT_ALONE, p, floor, series_name=PLAIN_FLOOR)
+                floor = partial(crowd, PLAIN_FLOOR, p.ports["plain"], "plain")
+                b.measure_group("latency, busy", LAT_BUSY, p, floor, series_name=PLAIN_FLOOR)
+
+
+def test_workers(b: Bench) -> None:
+    """tlsgate with workers = 1 and workers = 2: handshakes/s and the aggregate throughput of
+    4 bulk connections. Both instances run on both CPUs (no ratio target: the load client
+    shares the client CPU with the second worker)."""
+    if "tlsgate" not in b.args.names:
+        return
+    why_not = tlsgate_accepts_workers(b.tmp, b.cert, b.key, b.sink.backends, b.args.tlsgate_cmd)
+    if why_not:
+        b.results.workers_note = f"not available: tlsgate has no workers key yet ({why_not})"
+        log(f"workers: {b.results.workers_note}")
+        return
+    cpus = f"{b.args.proxy_cpu},{b.args.client_cpu}"
+    instances: list[Proxy] = []
+    for n in WORKER_COUNTS:
+        p = start_tlsgate(
+            b.tmp,
+            b.cert,
+            b.key,
+            b.sink.backends,
+            cpus,
+            b.args.tlsgate_cmd,
+            name=f"tlsgate-w{n}",
+            roles=("bulk", "greet"),
+            workers=n,
+        )
+        if p.child is not None:
+            b.stack.callback(p.child.stop)
+        instances.append(p)
+    for n, p in zip(WORKER_COUNTS, instances, strict=True):
+        await_ready(p, b.args.ready_timeout)
+        if not p.ok:
+            b.results.workers_note = f"workers = {n} did not start: {p.error}"
+            log(f"workers: {b.results.workers_note}")
+            for q in instances:
+                if q.child is not None:
+                    q.child.stop()
+            return
+    log(
+        f"workers: {b.args.runs} run(s) per instance, tlsgate on CPUs {cpus}; handshakes "
+        f"{b.args.hs_seconds:g} s, {BULK_CONNECTIONS} bulk uploads {b.args.workers_seconds:g} s"
+    )
+
+    def handshakes(p: Proxy) -> tuple[dict[str, float], CpuUse]:
+        marks: dict[str, CpuSample] = {}
+
+        def mark(edge: str) -> None:
+            marks[edge] = b.sample(p)
+
+        res = tls13_client.run_load(
+            p.ports["greet"],
+            concurrency=b.args.concurrency,
+            seconds=b.args.hs_seconds,
+            warmup=0.5,
+            on_window=mark,
+        )
+        if res.failed:
+            raise RuntimeError(f"{res.failed} handshakes failed: {res.errors}")
+        cpu = CpuUse.between(marks["start"], marks["end"])
+        per_cpu = res.completed / cpu.proxy_cpu_seconds if cpu.proxy_cpu_seconds else math.nan
+        return {"workers_hs": res.rate, "workers_hs_cpu": per_cpu}, cpu
+
+    def uploads(p: Proxy) -> tuple[dict[str, float], None]:
+        b.sink.drain()
+        errors: list[Exception] = []
+
+        def one() -> None:
+            try:
+                clients.bulk_upload(p.ports["bulk"], b.args.workers_seconds)
+            except Exception as exc:  # reported below, from the harness's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(BULK_CONNECTIONS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(b.args.workers_seconds + 60.0)
+        if errors:
+            raise errors[0]
+        reports = [b.sink.next_report("upload", timeout=30.0) for _ in threads]
+        # The connections run side by side over the same seconds: their rates add up.
+        return {"workers_bulk4": sum(r["bytes"] / r["seconds"] for r in reports) / 1e6}, None
+
+    for _ in range(b.args.runs):
+        for n, p in zip(WORKER_COUNTS, instances, strict=True):
+            name = f"workers={n}"
+            b.measure_group(
+                "workers_hs",
+                ("workers_hs", "workers_hs_cpu"),
+                p,
+                partial(handshakes, p),
+                series_name=name,
+            )
+            time.sleep(0.7)  # the connections cut at the end close
+            b.measure_group(
+                "workers_bulk4", ("workers_bulk4",), p, partial(uploads, p), series_name=name
+            )
+    for p in instances:  # not needed any more; stop them before the report
+        if p.child is not None:
+            p.child.stop()
+
+
 RUNNERS: dict[str, Callable[[Bench], None]] = {
     "bulk": test_bulk,
     "handshakes": test_handshakes,
     "smtp": test_smtp,
     "idle": test_idle,
+    "idle9000": test_idle9000,
+    "latency": test_latency,
+    "workers": test_workers,
 }
 
 
@@ -321,14 +584,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = ap.add_argument
-    add("--quick", action="store_true", help="smoke run: 1.5 s per run, one run each")
-    add("--only", default=",".join(TESTS), help="tests to run, comma-separated (%(default)s)")
-    add("--relays", default=",".join(RELAYS), help="relays to run, comma-separated (%(default)s)")
+    add(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1.5 s per run, one run each, shorter latency runs, no idle9000",
+    )
+    add(
+        "--only",
+        help=f"tests to run, comma-separated, from {','.join(TESTS)} (default: all;"
+        " --quick: all but idle9000)",
+    )
+    add(
+        "--relays",
+        default=",".join(DEFAULT_RELAYS),
+        help=f"relays to run, comma-separated, from {','.join(RELAYS)} (%(default)s)",
+    )
     add("--seconds", type=float, help="seconds per bulk run (5; --quick 1.5)")
     add("--hs-seconds", type=float, help="seconds per handshake run (2; --quick 1.5)")
     add("--runs", type=int, help="runs per figure, the median is reported (3; --quick 1)")
     add("--concurrency", type=int, default=50, help="concurrent handshakes (%(default)s)")
     add("--idle-conns", type=int, default=1000, help="idle connections (%(default)s)")
+    add(
+        "--idle9000-conns",
+        type=int,
+        default=9000,
+        help="idle sessions held by tlsgate in the idle9000 test (%(default)s)",
+    )
+    add("--lat-count", type=int, help="NOOPs in the 1-session latency run (600; --quick 300)")
+    add("--lat-sessions", type=int, default=200, help="busy latency sessions (%(default)s)")
+    add("--lat-seconds", type=float, help="seconds of the busy latency run (3; --quick 2)")
+    add(
+        "--workers-seconds",
+        type=float,
+        help="seconds of the workers test's 4-connection upload (2; --quick 1.5)",
+    )
     add("--smtp-mib", type=float, default=50.0, help="SMTP DATA body, MiB (%(default)s)")
     add(
         "--hs-client",
@@ -369,11 +658,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.seconds = args.seconds or (1.5 if args.quick else 5.0)
     args.hs_seconds = args.hs_seconds or (1.5 if args.quick else 2.0)
     args.runs = args.runs or (1 if args.quick else 3)
+    args.lat_count = args.lat_count or (300 if args.quick else 600)
+    args.lat_seconds = args.lat_seconds or (2.0 if args.quick else 3.0)
+    args.workers_seconds = args.workers_seconds or (1.5 if args.quick else 2.0)
     if args.patience is None:
         args.patience = 5.0 if args.quick else 30.0
     if args.retries is None:
         args.retries = 1 if args.quick else 6
-    only = {t.strip() for t in args.only.split(",") if t.strip()}
+    default_tests = QUICK_TESTS if args.quick else TESTS
+    only = {t.strip() for t in (args.only or ",".join(default_tests)).split(",") if t.strip()}
     args.tests = [t for t in TESTS if t in only]
     args.names = [n.strip() for n in args.relays.split(",") if n.strip()]
     for t in only:
@@ -382,8 +675,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for n in args.names:
         if n not in RELAYS:
             ap.error(f"unknown relay {n!r}; choose from {', '.join(RELAYS)}")
-    if min(args.runs, args.seconds, args.hs_seconds, args.idle_conns, args.concurrency) <= 0:
-        ap.error("--runs, --seconds, --hs-seconds, --idle-conns and --concurrency must be > 0")
+    counts = (args.runs, args.seconds, args.hs_seconds, args.idle_conns, args.idle9000_conns)
+    counts += (args.concurrency, args.lat_count, args.lat_sessions, args.lat_seconds)
+    if min(*counts, args.workers_seconds) <= 0:
+        ap.error("every count and duration must be > 0")
     return args
 
 
@@ -403,12 +698,20 @@ def prepare_process(args: argparse.Namespace) -> None:
     # This process is the load client: it and the sink (its child) run on the client CPU;
     # the relays are started with taskset on the proxy CPU.
     os.sched_setaffinity(0, {args.client_cpu})
+    # The soft descriptor limit goes up to the hard one (20,000 here), for this process and,
+    # inherited, for every relay and the sink it starts: 9,000 idle sessions take 18,000
+    # descriptors in the relay and 9,000 here.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     if want < 3 * args.idle_conns + 100:
         log(f"warning: RLIMIT_NOFILE {want} is low for {args.idle_conns} idle connections")
+    if "idle9000" in args.tests and want < 2 * args.idle9000_conns + 100:
+        log(
+            f"warning: RLIMIT_NOFILE {want} is low for {args.idle9000_conns} idle sessions"
+            " (the relay needs two descriptors each); idle9000 will fail"
+        )
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     signal.signal(signal.SIGALRM, _on_signal)
@@ -437,17 +740,23 @@ def environment() -> dict[str, str]:
         "machine": f"{cpu_model}, {os.cpu_count()} CPUs, Linux {platform.release()}",
         "python": f"Python {platform.python_version()} ({ssl.OPENSSL_VERSION})",
         "stunnel": stunnel.split(" on ")[0] or "stunnel ?",
+        "haproxy": haproxy_version(),
         "tlsgate": f"tlsgate at {commit}{dirty}",
     }
 
 
 def start_relays(
-    args: argparse.Namespace, tmp: Path, be: Backends, stack: contextlib.ExitStack
+    args: argparse.Namespace,
+    tmp: Path,
+    cert: Path,
+    key: Path,
+    be: Backends,
+    stack: contextlib.ExitStack,
 ) -> list[Proxy]:
-    cert, key = make_p256_cert(tmp)
     starters: dict[str, Callable[[], Proxy]] = {
         "stunnel": lambda: start_stunnel(tmp, cert, key, be, args.proxy_cpu),
         "tlsgate": lambda: start_tlsgate(tmp, cert, key, be, args.proxy_cpu, args.tlsgate_cmd),
+        "haproxy": lambda: start_haproxy(tmp, cert, key, be, args.proxy_cpu),
         "baseline": lambda: start_baseline(tmp, cert, key, be, args.proxy_cpu),
     }
     relays = []
@@ -475,12 +784,18 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tlsgate-bench-")))
         sink = Sink(tmp, args.client_cpu)
         stack.callback(sink.child.stop)
-        relays = start_relays(args, tmp, sink.backends, stack)
+        cert, key = make_p256_cert(tmp)
+        relays = start_relays(args, tmp, cert, key, sink.backends, stack)
         if args.keep_logs:
             stack.callback(keep_logs, tmp, args.json.parent)
-        bench = Bench(args, sink, relays, results, args.patience, args.retries)
+        bench = Bench(
+            args, sink, relays, results, args.patience, args.retries, tmp, cert, key, stack
+        )
         for test in args.tests:
+            test_started = time.monotonic()
             RUNNERS[test](bench)
+            results.durations[test] = round(time.monotonic() - test_started, 1)
+            log(f"{test}: done in {results.durations[test]:.0f} s")
         list(bench.live())  # notice a relay that died during the last test
     signal.alarm(0)
     print_report(args, env, results, relays, time.monotonic() - started)
@@ -499,7 +814,7 @@ def print_report(
     tls = sorted(set(results.tls.values()))
     print(f"\ntlsgate bench, {env['date']}, {elapsed:.0f} s")
     print(f"  {env['machine']}; {env['python']}")
-    print(f"  {env['stunnel']}; {env['tlsgate']}")
+    print(f"  {env['stunnel']}; {env['haproxy']}; {env['tlsgate']}")
     print(
         f"  relay on CPU {args.proxy_cpu}, client and sink on CPU {args.client_cpu}; "
         f"{', '.join(tls) or 'TLS 1.3'}, ECDSA P-256 certificate, X25519"
@@ -509,10 +824,25 @@ def print_report(
         f"{args.hs_seconds:g} s, {args.concurrency} concurrent, {args.hs_client} client; "
         f"{args.idle_conns} idle connections; DATA {args.smtp_mib:g} MiB x {args.runs}"
     )
+    print(
+        f"  latency {args.runs} x ({args.lat_count} NOOPs in 1 session; {args.lat_sessions} "
+        f"sessions x 1 NOOP/s for {args.lat_seconds:g} s); 9,000-session test: "
+        f"{args.idle9000_conns:,} sessions"
+        + ("" if "idle9000" in args.tests else " (not run: --only idle9000)")
+    )
+    if results.durations:
+        took = ", ".join(f"{t} {sec:.0f} s" for t, sec in results.durations.items())
+        print(f"  seconds per test (waits for a quiet machine and repeats included): {took}")
     print("  medians; MB = 10^6 bytes\n")
     print(table(results, names))
-    for line in notes(results):
+    for line in notes(results, PLAIN_FLOOR):
         print(line)
+    if "workers" in args.tests and "tlsgate" in names:
+        print(
+            f"\ntlsgate workers = 1 vs workers = 2 (tlsgate on CPUs {args.proxy_cpu},"
+            f"{args.client_cpu}, not pinned to one; client and sink on CPU {args.client_cpu}):"
+        )
+        print(workers_table(results) or f"  {results.workers_note or 'no figures'}")
     check = bottlenecks(results, names)
     if check:
         print("\nWhich side limited each figure (median CPU use during the runs, % of one core):")
@@ -539,6 +869,10 @@ def save_json(
         "environment": env,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "tls": results.tls,
+        "details": results.details,
+        "seconds_per_test": results.durations,
+        "workers_note": results.workers_note,
+        "latency_raw": results.raw,
         "unavailable": {p.name: p.error for p in relays if p.error},
         "metrics": results.as_json(),
     }

@@ -1,14 +1,17 @@
 """Plaintext backend for the benchmark, run as a subprocess by ``bench/run.py``.
 
-Three listeners on 127.0.0.1, ports chosen by the kernel and printed as the first JSON line:
+Four listeners on 127.0.0.1, ports chosen by the kernel and printed as the first JSON line:
 
 * ``bulk``: the first byte chooses the mode. ``U`` (upload): discard until EOF, then print one
   JSON line with the bytes received and the time between the first and the last read.
   ``D`` (download): send as fast as the peer takes it, until it goes away.
 * ``smtp``: a minimal, fast SMTP server. It greets at once, answers EHLO/HELO/MAIL/RCPT/RSET/
   NOOP/QUIT, and reads a DATA body with ``find`` over whole reads until ``CRLF.CRLF``. The
-  idle-connection test holds its sessions open on it.
+  SMTP DATA and NOOP latency tests use it (a thread per session).
 * ``greet``: sends the SMTP greeting and closes. The handshake test's backend.
+* ``park``: sends the SMTP greeting and holds the connection, without a thread: one selector
+  thread serves them all, and only notices the peer going away. The idle-connection tests hold
+  their sessions here (9,000 of them would be 9,000 threads on the SMTP side).
 
 The sink shares its CPU with the load client, so it is built to cost little: blocking sockets
 with a thread per connection (a Python event loop costs several microseconds per read), the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import socket
 import sys
 import threading
@@ -159,6 +163,38 @@ def greet_connection(conn: socket.socket) -> None:
     conn.send(GREETING)
 
 
+def serve_parked(listener: socket.socket) -> None:
+    """Greet every connection and keep it open until the peer closes it (a daemon thread)."""
+    sel = selectors.DefaultSelector()
+    listener.setblocking(False)
+    sel.register(listener, selectors.EVENT_READ)
+    while True:
+        for key, _mask in sel.select():
+            if key.fileobj is listener:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    for _ in range(256):  # bounded: a burst of accepts, then other events
+                        conn, _addr = listener.accept()
+                        conn.setblocking(False)
+                        try:
+                            conn.send(GREETING)  # 40 bytes into an empty buffer: never short
+                        except OSError:
+                            conn.close()
+                            continue
+                        sel.register(conn, selectors.EVENT_READ)
+                continue
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
+            try:
+                data = conn.recv(65536)  # a parked peer sends nothing; anything is discarded
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(conn)
+                conn.close()
+
+
 # --- serving ---------------------------------------------------------------------------------
 
 
@@ -194,6 +230,9 @@ def main() -> None:
         listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
         ports[name] = listener.getsockname()[1]
         threading.Thread(target=serve, args=(listener, handler, threaded), daemon=True).start()
+    parking = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    ports["park"] = parking.getsockname()[1]
+    threading.Thread(target=serve_parked, args=(parking,), daemon=True).start()
     emit({"kind": "ready", **ports})
     sys.stdin.buffer.read()  # returns when the harness closes our stdin, or exits
 

@@ -376,3 +376,96 @@ def run_load(
             key.data.sock.close()
         sel.close()
     return result
+
+
+# --- idle sessions ----------------------------------------------------------------------------
+
+
+@dataclass
+class IdleResult:
+    held: list[socket.socket] = field(default_factory=list)
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def open_idle(port: int, count: int, *, concurrency: int, max_seconds: float = 120.0) -> IdleResult:
+    """Open ``count`` TLS sessions to 127.0.0.1:``port``, ``concurrency`` handshakes at a
+    time, and keep each one open, idle, once the backend's greeting has come through.
+
+    The lean handshake keeps the client side small: a held session is just its socket (an
+    OpenSSL client would keep an SSL object of tens of KiB per session, 9,000 times, in the
+    harness), and a handshake costs the client CPU a fraction of what it costs the relay. The
+    caller closes ``result.held``; a failed session is dropped and counted, not retried.
+    """
+    pool = [X25519PrivateKey.generate() for _ in range(16)]
+    pool_pub = [k.public_key().public_bytes_raw() for k in pool]
+    sel = selectors.DefaultSelector()
+    result = IdleResult()
+    deadline = time.perf_counter() + max_seconds
+    started = 0
+
+    def start() -> None:
+        nonlocal started
+        i = started % len(pool)
+        started += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        rc = sock.connect_ex(("127.0.0.1", port))
+        if rc not in (0, errno.EINPROGRESS):
+            sock.close()
+            fail(f"connect: {os.strerror(rc)}")
+            return
+        conn = _Conn(sock, Tls13Handshake(pool[i], pool_pub[i]), time.perf_counter(), 0)
+        conn.events = selectors.EVENT_WRITE
+        sel.register(sock, conn.events, conn)
+
+    def fail(reason: str) -> None:
+        result.failed += 1
+        result.errors[reason] = result.errors.get(reason, 0) + 1
+
+    def next_one() -> None:
+        if started < count:
+            start()
+
+    try:
+        for _ in range(min(concurrency, count)):
+            start()
+        while sel.get_map():
+            if time.perf_counter() > deadline:
+                raise TimeoutError(
+                    f"{len(result.held)} of {count} sessions open after {max_seconds:.0f} s"
+                )
+            for key, _mask in sel.select(timeout=0.2):
+                conn = key.data
+                try:
+                    if conn.events == selectors.EVENT_WRITE:  # connected: say hello
+                        conn.sock.send(conn.hs.first_flight())
+                        conn.events = selectors.EVENT_READ
+                        sel.modify(conn.sock, conn.events, conn)
+                        continue
+                    data = conn.sock.recv(65536)
+                    if not data:
+                        raise ConnectionError("EOF before the backend's greeting")
+                    conn.hs.feed(data)
+                    if conn.hs.out:  # the client Finished
+                        conn.sock.send(conn.hs.out)
+                        conn.hs.out = b""
+                    if conn.hs.app_data_seen:  # the relay is done and the backend connected
+                        sel.unregister(conn.sock)
+                        result.held.append(conn.sock)  # the handshake state is dropped
+                        next_one()
+                except Exception as exc:  # OSError, HandshakeError, InvalidTag, ...
+                    sel.unregister(conn.sock)
+                    conn.sock.close()
+                    fail(f"{type(exc).__name__}: {exc}")
+                    next_one()
+    except BaseException:
+        for sock in result.held:
+            sock.close()
+        result.held.clear()
+        raise
+    finally:
+        for key in list(sel.get_map().values()):
+            key.data.sock.close()
+        sel.close()
+    return result
