@@ -34,6 +34,7 @@ from typing import Final
 import trio
 from trio.abc import HalfCloseableStream, Stream
 
+from tlsgate.net.socket_io import SocketFastPath
 from tlsgate.observe.events import HandshakeFailure
 from tlsgate.tls.failures import TlsHandshakeError, classify_ssl_error, ssl_error_detail
 
@@ -85,6 +86,7 @@ class TlsStream(HalfCloseableStream):
         "_delayed_outgoing",
         "_eof_received",
         "_eof_sent",
+        "_fast_transport",
         "_first_bytes",
         "_handshake_done",
         "_incoming",
@@ -108,6 +110,7 @@ class TlsStream(HalfCloseableStream):
         initial_data: bytes | bytearray = b"",
     ) -> None:
         self._transport = transport
+        self._fast_transport = SocketFastPath.of(transport)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(
@@ -493,8 +496,13 @@ class TlsStream(HalfCloseableStream):
         return data
 
     async def _transport_send(self, data: bytes) -> None:
+        # The send lock makes this the transport's only sender, as the fast path requires.
+        fast = self._fast_transport
         try:
-            await self._transport.send_all(data)
+            if fast is not None:
+                await fast.send_all(data)
+            else:
+                await self._transport.send_all(data)
         except trio.ClosedResourceError as exc:
             raise self._broken_by_close(exc) from exc
         except BaseException:
@@ -504,7 +512,10 @@ class TlsStream(HalfCloseableStream):
 
     async def _transport_receive(self, max_bytes: int) -> bytes | bytearray:
         # A cancelled receive loses nothing, so only failures change the state.
+        fast = self._fast_transport
         try:
+            if fast is not None:
+                return await fast.receive_some(max_bytes)
             return await self._transport.receive_some(max_bytes)
         except trio.ClosedResourceError as exc:
             raise self._broken_by_close(exc) from exc
