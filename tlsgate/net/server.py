@@ -323,7 +323,7 @@ class Server:
         )
 
     def _refuse(self, stream: trio.SocketStream, listener: ListenerConfig) -> None:
-        refuse(stream, too_many_connections_reply(listener.protocol, listener.tls))
+        # Counted and logged first: once closed, the client may already be looking.
         self.metrics.listener(listener).connection_refused(CloseReason.OVER_LIMIT)
         self._log.warning(
             NoticeKind.CONNECTION_REFUSED.value,
@@ -331,6 +331,7 @@ class Server:
             reason="max_connections",
             open=self._open,
         )
+        refuse(stream, too_many_connections_reply(listener.protocol, listener.tls))
 
 
 async def _bind(
