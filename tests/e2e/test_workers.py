@@ -105,9 +105,15 @@ def daemon(
 
 
 def learn_ports(daemon: Daemon) -> None:
-    for event in daemon.events():
-        if event.get("event") == "listening":
-            daemon.ports[event["listener"]] = int(event["address"].rsplit(":", 1)[1])
+    """Both listeners' ports, from the `listening` lines (each worker logs its own)."""
+
+    def learned() -> bool:
+        for event in daemon.events():
+            if event.get("event") == "listening":
+                daemon.ports[event["listener"]] = int(event["address"].rsplit(":", 1)[1])
+        return {"submission", "smtps"} <= set(daemon.ports)
+
+    wait_until(learned)
 
 
 def events_named(daemon: Daemon, name: str) -> list[dict[str, Any]]:
