@@ -48,7 +48,10 @@ def configure_logging(config: LogConfig, *, worker: int | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[config.level.value]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line, newline included (print() makes two): the workers of
+        # `workers = N` share stderr, and a pipe keeps a write of up to PIPE_BUF whole, so lines
+        # of different workers never interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 
