@@ -216,6 +216,28 @@ def test_a_killed_worker_is_replaced(daemon: Daemon) -> None:
         smtp_session(daemon.port("submission"))
 
 
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(daemon: Daemon) -> None:
+    pids = worker_pids(daemon)
+    with Wire(daemon.port("submission")) as wire:
+        assert wire.reply().startswith(b"220 ")
+        daemon.process.kill()
+        daemon.process.wait(timeout=10)
+        # The kernel's parent-death signal is a SIGTERM: the session in flight still finishes.
+        wait_until(lambda: len(events_named(daemon, "draining")) == WORKERS)
+        assert wire.smtp(b"EHLO test").startswith(b"250")
+        assert wire.smtp(b"QUIT").startswith(b"221")
+    wait_until(lambda: not any(_running(pid) for pid in pids.values()))
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status waits for init to collect it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def test_metrics_are_totals_across_workers(
     start_daemon: StartDaemon, backend: Gateway, certificate: Path, tmp_path: Path
 ) -> None:

@@ -274,6 +274,7 @@ class Supervisor:
     def _spawn(self, generation: _Generation, worker_id: int) -> None:
         read_end, write_end = os.pipe()
         spec = WorkerSpec(worker_id, generation.config, generation.tls, self._sockets)
+        supervisor_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
@@ -281,7 +282,7 @@ class Supervisor:
                 os.close(read_end)
                 for worker in self._by_pid.values():
                     os.close(worker.status)
-                status = run_worker(spec, write_end)
+                status = run_worker(spec, write_end, supervisor_pid)
             finally:
                 os._exit(status)  # never return into the supervisor's stack
         os.close(write_end)

@@ -9,6 +9,9 @@ objects in every worker of its generation (so the same session-ticket keys), unt
 - SIGUSR2: retire after a reload: stop accepting, let every session finish however long it
   takes (a reload drops no session), then exit.
 
+A worker whose supervisor dies (SIGKILL, the OOM killer) gets SIGTERM from the kernel and
+drains: an unsupervised worker would hold the ports with nobody to restart or reload it.
+
 It reports to the supervisor on a pipe, one byte per event: READY once it accepts, STOPPED once
 it accepts no more. The supervisor waits for these so that a reload has no moment where no
 worker accepts, and none where an old worker still does.
@@ -17,6 +20,7 @@ worker accepts, and none where an old worker still does.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -36,6 +40,8 @@ READY = b"R"
 STOPPED = b"S"
 RETIRE_SIGNAL = signal.SIGUSR2
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RETIRE_SIGNAL)
+# <linux/prctl.h>
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +54,15 @@ class WorkerSpec:
     sockets: Mapping[str, Sequence[socket.socket]]  # listener name -> its listening sockets
 
 
-def run_worker(spec: WorkerSpec, status_fd: int) -> int:
+def run_worker(spec: WorkerSpec, status_fd: int, supervisor_pid: int) -> int:
     """The body of a forked worker; returns its exit status."""
-    # The supervisor blocks these to take them synchronously; a worker takes them in trio.
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     configure_logging(spec.config.log, worker=spec.worker_id)
+    _drain_when_orphaned()
+    # The supervisor blocks these to take them synchronously; a worker takes them in trio.
+    # Unblocked only now, so a SIGTERM sent by the kernel above waits for trio's handler.
+    if os.getppid() != supervisor_pid:
+        get_logger().warning(NoticeKind.WORKER_ORPHANED.value)
+        return 0  # the supervisor died before the death signal was armed
     try:
         trio.run(_serve, spec, status_fd)
     except Exception:
@@ -68,6 +78,7 @@ async def _serve(spec: WorkerSpec, status_fd: int) -> None:
     }
     server = Server(spec.config, inherited=listeners, tls=spec.tls, metrics=worker_metrics())
     with trio.open_signal_receiver(*_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop() -> None:
@@ -92,6 +103,13 @@ async def _serve(spec: WorkerSpec, status_fd: int) -> None:
                     break
                 else:
                     server.shutdown()
+
+
+def _drain_when_orphaned() -> None:
+    """Linux: have the kernel send SIGTERM to this process when the supervisor dies."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: no parent-death signal
+        # Cannot fail with these arguments on Linux (prctl(2)), so the result is not checked.
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _report(status_fd: int, event: bytes) -> None:

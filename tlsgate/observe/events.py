@@ -35,6 +35,7 @@ class NoticeKind(StrEnum):
     WORKER_EXITED = "worker_exited"
     WORKER_DIED = "worker_died"  # unexpectedly: it is replaced
     WORKER_FAILED = "worker_failed"  # a worker's own last words (a bug)
+    WORKER_ORPHANED = "worker_orphaned"  # its supervisor died before it started serving
     WORKER_SLOW = "worker_slow"  # did not report ready/stopped in time
     STOPPED = "stopped"
     CONFIG_RELOADED = "config_reloaded"
