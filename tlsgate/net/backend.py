@@ -14,6 +14,7 @@ import trio
 
 from tlsgate.config.model import Endpoint
 from tlsgate.net.relay import tune_for_relay
+from tlsgate.net.socket_io import connect_ip
 from tlsgate.observe.events import BackendFailureReason
 
 
@@ -88,13 +89,7 @@ async def _open(endpoint: Endpoint) -> trio.SocketStream:
     except ValueError:
         return await trio.open_tcp_stream(endpoint.host, endpoint.port)
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        await sock.connect((endpoint.host, endpoint.port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
+    return await connect_ip(family, (endpoint.host, endpoint.port))
 
 
 def _attempt_error(exc: OSError) -> BackendAttemptError:

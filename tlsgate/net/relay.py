@@ -50,8 +50,9 @@ class PeerBrokenError(Exception):
 async def send_eof_quietly(stream: trio.abc.Stream) -> None:
     """Half-close where the stream can; a peer that already went away is not an error here."""
     if isinstance(stream, trio.abc.HalfCloseableStream):
+        fast = SocketFastPath.of(stream)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_eof()
+            await (fast.send_eof() if fast is not None else stream.send_eof())
 
 
 async def pump(

@@ -23,6 +23,7 @@ from tlsgate.net.limits import HandshakeSlots, refuse
 from tlsgate.net.listener_diff import ListenerDiff, diff_listeners
 from tlsgate.net.outbound import RelayMemory
 from tlsgate.net.session import Session
+from tlsgate.net.socket_io import ListenerFastPath
 from tlsgate.observe.events import CloseReason, NoticeKind
 from tlsgate.observe.logs import configure_logging, get_logger
 from tlsgate.observe.metrics import Metrics
@@ -268,9 +269,11 @@ class Server:
 
     async def _accept_loop(self, listener_socket: trio.SocketListener, entry: _Listening) -> None:
         assert self._handlers is not None
+        fast = ListenerFastPath.of(listener_socket)
+        accept = fast.accept if fast is not None else listener_socket.accept
         while True:
             try:
-                stream = await listener_socket.accept()
+                stream = await accept()
             except trio.ClosedResourceError:
                 return  # a reload retired this listener
             except OSError as exc:

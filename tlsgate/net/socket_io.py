@@ -1,4 +1,4 @@
-"""Reads and writes on a `trio.SocketStream` without its layers of Python, for the hot paths.
+"""Socket calls on the per-connection paths without trio's layers of Python around them.
 
 `SocketStream.receive_some` goes through an error-translating context manager, the trio
 socket's method wrapper and its try-then-wait helper before it reaches `recv`. Measured here,
@@ -13,11 +13,16 @@ tasks blocked on a socket being closed).
 
 It skips `SocketStream`'s check that two tasks do not send at once, so only a sole sender may
 use it: TlsStream under its send lock, and each direction of the relay.
+
+`ListenerFastPath.accept` and `connect_ip` do the same for the two calls that open a session's
+sockets; together with the fast path's `send_eof` they take 3% of the instructions off a
+relayed handshake (callgrind, 4.45 M to 4.32 M per handshake).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 import trio
@@ -76,6 +81,16 @@ class SocketFastPath:
             except OSError as exc:
                 raise _stream_error(exc) from exc
 
+    async def send_eof(self) -> None:
+        """`SocketStream.send_eof()`."""
+        await trio.lowlevel.checkpoint()
+        if self._trio_socket.did_shutdown_SHUT_WR:
+            return
+        try:
+            self._trio_socket.shutdown(socket.SHUT_WR)  # trio's own: it records the shutdown
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """`SocketStream.send_all(data)`."""
         if self._trio_socket.did_shutdown_SHUT_WR:
@@ -110,3 +125,92 @@ class SocketFastPath:
                         raise _stream_error(exc) from exc
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+async def connect_ip(family: socket.AddressFamily, address: tuple[str, int]) -> trio.SocketStream:
+    """Connect a TCP socket to an IP literal (`trio.socket.socket().connect` without the
+    address resolution trio runs even for literals)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        error = sock.connect_ex(address)
+        if error == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if error:
+            raise OSError(error, os.strerror(error))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
+# accept() errors that concern only the connection being accepted, which is skipped
+# (trio/_highlevel_socket.py lists the same, with why).
+_IGNORABLE_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
+
+
+class ListenerFastPath:
+    """`SocketListener.accept()` on the stdlib socket, with its semantics: EMFILE and the
+    like reach the caller, errors of one aborted connection are skipped."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    def of(cls, listener: trio.SocketListener) -> ListenerFastPath | None:
+        """The fast path for `listener`, or None if it does not wrap a stdlib socket."""
+        sock = getattr(listener.socket, "_sock", None)
+        return cls(sock) if isinstance(sock, socket.socket) else None
+
+    async def accept(self) -> trio.SocketStream:
+        """A checkpoint, like every trio accept: a busy listener cannot starve sessions.
+
+        Raises:
+            trio.ClosedResourceError: the listening socket was closed (also while waiting).
+            OSError: EMFILE, ENFILE, ENOBUFS, ENOMEM and other errors of the listener itself.
+        """
+        sock = self._sock
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                continue
+            except OSError as exc:
+                if exc.errno in _CLOSED_SOCKET_ERRNOS:
+                    raise trio.ClosedResourceError from None
+                if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                    continue
+                raise
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return trio.SocketStream(trio.socket.from_stdlib_socket(conn))

@@ -166,7 +166,12 @@ class TlsStream(HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             return
         self._check_can_receive()
-        async with self._send_lock:
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()  # the common case: no scheduling round trip
+        try:
             try:
                 await self._handshake_locked()
             except trio.BrokenResourceError as exc:
@@ -177,6 +182,8 @@ class TlsStream(HalfCloseableStream):
             except BaseException:
                 self._mark_broken()
                 raise
+        finally:
+            lock.release()
 
     async def _handshake_locked(self) -> None:
         if self._handshake_done:  # another task finished it while we waited for the lock
@@ -387,7 +394,8 @@ class TlsStream(HalfCloseableStream):
             if isinstance(self._transport, HalfCloseableStream):
                 async with self._send_lock:
                     try:
-                        await self._transport.send_eof()
+                        fast = self._fast_transport
+                        await (fast.send_eof() if fast is not None else self._transport.send_eof())
                     except trio.ClosedResourceError as exc:
                         raise self._broken_by_close(exc) from exc
         finally:
