@@ -1,0 +1,101 @@
+"""Instructions tlsgate executes per relayed TLS handshake, counted by callgrind.
+
+    python bench/instructions.py                      # this tree
+    python bench/instructions.py TREE_A TREE_B ...    # several source trees, one after another
+
+Handshakes per second move by 15% from one run to the next on a shared 2-core machine, which
+hides any change worth less than that. An instruction count does not move with the machine
+(about 0.5% between runs here), so it tells whether a change to the per-connection path helps
+before the side-by-side run of bench/run.py measures by how much. It is not a speed: a cache
+miss costs no instruction.
+
+tlsgate runs under `valgrind --tool=callgrind` with one implicit-TLS listener in front of the
+sink's greeting backend; the lean TLS 1.3 client (4 in flight) opens connections for
+``--seconds``, after a warm-up; the counters are zeroed before and dumped after that window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tls13_client
+from certs import make_p256_cert
+from proxies import REPO_ROOT, Proxy, free_port, tlsgate_config
+from run import Sink
+
+READY_TIMEOUT_SECONDS = 120.0  # python under valgrind imports slowly
+
+
+def count(tree: Path, tmp: Path, sink: Sink, cert: Path, key: Path, seconds: float) -> str:
+    proxy = Proxy("tlsgate", {"greet": free_port()})
+    config = tmp / "tlsgate.toml"
+    config.write_text(tlsgate_config(proxy, cert, key, sink.backends))
+    out = tmp / f"callgrind.{tree.name}"
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    argv += [sys.executable, "-m", "tlsgate", "run", "-c", str(config)]
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    with open(tmp / "valgrind.log", "w") as log:
+        child = subprocess.Popen(argv, env=env, cwd=tree, stderr=log)
+    try:
+        port = proxy.ports["greet"]
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or child.poll() is not None:
+                    return "did not start (see valgrind.log)"
+                time.sleep(0.5)
+        tls13_client.run_load(port, concurrency=2, seconds=3, warmup=0)  # first-use imports
+        time.sleep(1)
+        subprocess.run(["callgrind_control", "--zero", str(child.pid)], capture_output=True)
+        load = tls13_client.run_load(port, concurrency=4, seconds=seconds, warmup=0)
+        time.sleep(2)
+        subprocess.run(["callgrind_control", "--dump", str(child.pid)], capture_output=True)
+        time.sleep(1)
+    finally:
+        child.terminate()
+        child.wait(60)
+    dump = next(iter(sorted(glob.glob(f"{out}.*"))), None)  # the --dump; OUT is the exit's
+    if dump is None or not load.completed:
+        return "no measurement"
+    found = re.search(r"^(?:summary|totals):\s*(\d+)", Path(dump).read_text(), re.MULTILINE)
+    if found is None:
+        return "no total in the callgrind dump"
+    per = int(found.group(1)) / load.completed / 1e6
+    return f"{per:.3f} M instructions per handshake ({load.completed} handshakes)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs="*", type=Path, default=[REPO_ROOT])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)")
+        return 1
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tlsgate-instr-")))
+        sink = Sink(tmp, cpu=1)
+        stack.callback(sink.child.stop)
+        cert, key = make_p256_cert(tmp)
+        for tree in args.trees:
+            result = count(tree.resolve(), tmp, sink, cert, key, args.seconds)
+            print(f"{tree}: {result}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
