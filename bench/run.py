@@ -675,8 +675,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for n in args.names:
         if n not in RELAYS:
             ap.error(f"unknown relay {n!r}; choose from {', '.join(RELAYS)}")
-    counts = (args.runs, args.seconds, args.hs_seconds, args.idle_conns, args.idle9000_conns)
-    counts += (args.concurrency, args.lat_count, args.lat_sessions, args.lat_seconds)
+    counts = [args.runs, args.seconds, args.hs_seconds, args.idle_conns, args.idle9000_conns]
+    counts += [args.concurrency, args.lat_count, args.lat_sessions, args.lat_seconds]
     if min(*counts, args.workers_seconds) <= 0:
         ap.error("every count and duration must be > 0")
     return args

@@ -182,17 +182,17 @@ def serve_parked(listener: socket.socket) -> None:
                             continue
                         sel.register(conn, selectors.EVENT_READ)
                 continue
-            conn = key.fileobj
-            assert isinstance(conn, socket.socket)
+            peer = key.fileobj
+            assert isinstance(peer, socket.socket)
             try:
-                data = conn.recv(65536)  # a parked peer sends nothing; anything is discarded
+                data = peer.recv(65536)  # a parked peer sends nothing; anything is discarded
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 data = b""
             if not data:
-                sel.unregister(conn)
-                conn.close()
+                sel.unregister(peer)
+                peer.close()
 
 
 # --- serving ---------------------------------------------------------------------------------
