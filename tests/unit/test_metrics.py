@@ -333,6 +333,21 @@ def _looks_like_an_address(value: str) -> bool:
     return True
 
 
+def test_bytes_published_during_a_session_are_not_counted_again_at_its_close() -> None:
+    metrics = Metrics()
+    observer = SessionObserver(get_logger(), metrics.listener(listener("relay", TlsMode.IMPLICIT)))
+    observer.accepted()
+    observer.bytes_moved(1500, 0)
+    observer.bytes_moved(0, 500)
+    bytes_total = "tlsgate_bytes_total"
+    during = parse_samples(exposed(metrics))
+    assert sample(during, bytes_total, listener="relay", direction="client_to_backend") == 1500
+    observer.closed(CloseReason.COMPLETED, 1550, 500, 12.0)  # the session's totals
+    after = parse_samples(exposed(metrics))
+    assert sample(after, bytes_total, listener="relay", direction="client_to_backend") == 1550
+    assert sample(after, bytes_total, listener="relay", direction="backend_to_client") == 500
+
+
 def test_no_label_holds_an_address_whatever_was_counted() -> None:
     metrics = Metrics()
     one = metrics.listener(listener("auto", TlsMode.AUTO))

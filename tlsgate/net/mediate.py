@@ -73,6 +73,8 @@ class MediationRunner:
         self._start_client_tls = start_client_tls
         self._on_notice = on_notice
         self._activity = activity
+        self._published_from_client = 0
+        self._published_from_backend = 0
         self._lock = trio.Lock()
         self._client_resumed = trio.Event()
         self._switch_to_relay = False
@@ -143,8 +145,16 @@ class MediationRunner:
             data = await stream.receive_some(RECEIVE_SIZE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerBrokenError(side) from exc
-        self._activity.touch()
+        if self._activity.touch():
+            self._publish_byte_counts()
         return data if isinstance(data, bytes) else bytes(data)
+
+    def _publish_byte_counts(self) -> None:
+        from_client, from_backend = self.bytes_from_client, self.bytes_from_backend
+        self._activity.publish(
+            from_client - self._published_from_client, from_backend - self._published_from_backend
+        )
+        self._published_from_client, self._published_from_backend = from_client, from_backend
 
     async def _on_idle(self) -> None:
         with trio.move_on_after(GOODBYE_SEND_TIMEOUT_SECONDS):

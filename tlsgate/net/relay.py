@@ -62,7 +62,8 @@ async def pump(
     sink_side: Side,
     activity: Activity,
 ) -> int:
-    """Copy `source` to `sink` until EOF, then half-close `sink`. Return the bytes copied.
+    """Copy `source` to `sink` until EOF, then half-close `sink`. Return the bytes copied
+    (all of them: those `activity` published on the way are the caller's to account for).
 
     Raises:
         PeerBrokenError: either stream broke; `side` says which.
@@ -72,7 +73,8 @@ async def pump(
     fast_source, fast_sink = SocketFastPath.of(source), SocketFastPath.of(sink)
     receive_some = fast_source.receive_some if fast_source is not None else source.receive_some
     send_all = fast_sink.send_all if fast_sink is not None else sink.send_all
-    copied = 0
+    copied = published = 0
+    from_client = source_side is Side.CLIENT
     while True:
         try:
             data = await receive_some(RECEIVE_SIZE_BYTES)
@@ -85,7 +87,9 @@ async def pump(
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerBrokenError(sink_side) from exc
         copied += len(data)
-        activity.touch()
+        if activity.touch():
+            fresh, published = copied - published, copied
+            activity.publish(fresh, 0) if from_client else activity.publish(0, fresh)
     await send_eof_quietly(sink)
     return copied
 

@@ -131,7 +131,7 @@ class Session:
         if not await self._connect_backend():
             return CloseReason.BACKEND_UNAVAILABLE
         assert self._backend is not None
-        activity = Activity(listener.idle_timeout)
+        activity = Activity(listener.idle_timeout, self._observer.bytes_moved)
         if not listener.mediates:
             return await self._relay(initial_data, activity)
         runner = MediationRunner(

@@ -290,8 +290,12 @@ class ListenerMetrics:
         self.active.inc()
 
     def connection_closed(self, outcome: CloseReason, bytes_c2b: int, bytes_b2c: int) -> None:
+        """`bytes_*`: those not yet passed to `bytes_relayed`."""
         self.active.dec()
         self._outcomes[outcome].inc()
+        self.bytes_relayed(bytes_c2b, bytes_b2c)
+
+    def bytes_relayed(self, bytes_c2b: int, bytes_b2c: int) -> None:
         if bytes_c2b:
             self._bytes_c2b.inc(bytes_c2b)
         if bytes_b2c:

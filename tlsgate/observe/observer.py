@@ -3,7 +3,8 @@
 The single place where the event vocabulary meets its outputs, so an event cannot be logged
 without being counted or the other way round (STYLE.md principle 4). A session calls its
 `SessionObserver` once per event (accepted, detected, tls_established, a mediator `Notice`,
-backend_connected, closed, ...), never per chunk: byte counts arrive with `closed`.
+backend_connected, closed, ...), never per chunk: byte counts arrive with `closed`, and every
+few seconds for a session that keeps moving data (`bytes_moved`).
 
 Every line a session logs carries `conn_id`, `listener` and `peer`, bound into its logger
 once. Field values are facts tlsgate decided (versions, reasons, counts) or short bounded
@@ -47,7 +48,7 @@ def log_notice(logger: FilteringBoundLogger, notice: Notice) -> None:
 class SessionObserver:
     """One session's log lines and metrics; each method is one event, logged and counted."""
 
-    __slots__ = ("_metrics", "log")
+    __slots__ = ("_metrics", "_published_b2c", "_published_c2b", "log")
 
     def __init__(self, logger: FilteringBoundLogger, metrics: ListenerMetrics) -> None:
         """
@@ -57,6 +58,7 @@ class SessionObserver:
         """
         self.log = logger
         self._metrics = metrics
+        self._published_c2b = self._published_b2c = 0
 
     def accepted(self) -> None:
         self._metrics.connection_opened()
@@ -127,8 +129,17 @@ class SessionObserver:
         `closed`, with `CloseReason.INTERNAL_ERROR`)."""
         self.log.exception(NoticeKind.INTERNAL_ERROR.value)
 
+    def bytes_moved(self, bytes_c2b: int, bytes_b2c: int) -> None:
+        """A long session's bytes so far, counted without a log line (net.activity)."""
+        self._metrics.bytes_relayed(bytes_c2b, bytes_b2c)
+        self._published_c2b += bytes_c2b
+        self._published_b2c += bytes_b2c
+
     def closed(self, reason: CloseReason, bytes_c2b: int, bytes_b2c: int, seconds: float) -> None:
-        self._metrics.connection_closed(reason, bytes_c2b, bytes_b2c)
+        """`bytes_*`: the session's totals, of which `bytes_moved` may have counted a part."""
+        self._metrics.connection_closed(
+            reason, bytes_c2b - self._published_c2b, bytes_b2c - self._published_b2c
+        )
         self.log.info(
             NoticeKind.CLOSED.value,
             reason=reason.value,
