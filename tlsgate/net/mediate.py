@@ -23,6 +23,7 @@ from tlsgate.net.relay import (
     relay_both_ways,
     send_eof_quietly,
 )
+from tlsgate.net.socket_io import Receive, Send, stream_io
 from tlsgate.observe.events import CloseReason
 from tlsgate.protocol.io_types import (
     BackendData,
@@ -67,6 +68,10 @@ class MediationRunner:
         self.mediator = mediator
         self.client = client
         self.backend = backend
+        # Each stream has one reader task, and one sender at a time (the lock): the socket fast
+        # path applies. The client's changes at STARTTLS.
+        self._client_io = stream_io(client)
+        self._backend_io = stream_io(backend)
         self.bytes_from_client = 0
         self.bytes_from_backend = 0
         self.close_reason = CloseReason.COMPLETED
@@ -121,7 +126,7 @@ class MediationRunner:
             while self.mediator.client_reading_paused:
                 self._client_resumed = trio.Event()
                 await self._client_resumed.wait()
-            data = await self._receive(self.client, Side.CLIENT)
+            data = await self._receive(self._client_io[0], Side.CLIENT)
             if not data:
                 await self._dispatch(ClientEof())
                 return
@@ -132,7 +137,7 @@ class MediationRunner:
         if initial_data:
             await self._dispatch(BackendData(initial_data))
         while True:
-            data = await self._receive(self.backend, Side.BACKEND)
+            data = await self._receive(self._backend_io[0], Side.BACKEND)
             if not data:
                 self._backend_finished = True
                 await self._dispatch(BackendEof())
@@ -140,9 +145,9 @@ class MediationRunner:
             self.bytes_from_backend += len(data)
             await self._dispatch(BackendData(data))
 
-    async def _receive(self, stream: trio.abc.Stream, side: Side) -> bytes:
+    async def _receive(self, receive: Receive, side: Side) -> bytes:
         try:
-            data = await stream.receive_some(RECEIVE_SIZE_BYTES)
+            data = await receive(RECEIVE_SIZE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerBrokenError(side) from exc
         if self._activity.touch():
@@ -165,24 +170,34 @@ class MediationRunner:
     # ---- executing outputs ------------------------------------------------------------------
 
     async def _dispatch(self, event: Input) -> None:
-        async with self._lock:
+        lock = self._lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            # The usual case. Without the scheduling round trip of `acquire()`, which sat on
+            # the path of every command and every reply (the reads around it are checkpoints).
+            lock.acquire_nowait()
+        try:
             await self._execute(self.mediator.handle(event))
             if not self.mediator.client_reading_paused:
                 self._client_resumed.set()
+        finally:
+            lock.release()
 
     async def _execute(self, outputs: list[Output]) -> None:
         for output in outputs:
             match output:
                 case SendToBackend(data):
-                    await self._send(self.backend, data, Side.BACKEND)
+                    await self._send(self._backend_io[1], data, Side.BACKEND)
                 case SendToClient(data):
-                    await self._send(self.client, data, Side.CLIENT)
+                    await self._send(self._client_io[1], data, Side.CLIENT)
                 case EofToBackend():
                     await send_eof_quietly(self.backend)
                 case EofToClient():
                     await send_eof_quietly(self.client)
                 case StartClientTls():
                     self.client = await self._start_client_tls(self.client)
+                    self._client_io = stream_io(self.client)
                     await self._execute(self.mediator.handle(ClientTlsEstablished()))
                 case SwitchToRelay():
                     self._switch_to_relay = True
@@ -194,9 +209,9 @@ class MediationRunner:
                 case Notice():
                     self._on_notice(output)
 
-    async def _send(self, stream: trio.abc.Stream, data: bytes, side: Side) -> None:
+    async def _send(self, send: Send, data: bytes, side: Side) -> None:
         try:
-            await stream.send_all(data)
+            await send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerBrokenError(side) from exc
 

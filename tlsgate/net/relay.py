@@ -13,7 +13,7 @@ from enum import StrEnum
 import trio
 
 from tlsgate.net.activity import Activity
-from tlsgate.net.socket_io import SocketFastPath
+from tlsgate.net.socket_io import SocketFastPath, stream_io
 
 # One large read per wakeup: fewer event-loop round trips per megabyte (PERFORMANCE.md).
 RECEIVE_SIZE_BYTES = 256 * 1024
@@ -70,9 +70,8 @@ async def pump(
     """
     # This pump is the only reader of `source` and the only writer of `sink`, as the socket
     # fast path requires.
-    fast_source, fast_sink = SocketFastPath.of(source), SocketFastPath.of(sink)
-    receive_some = fast_source.receive_some if fast_source is not None else source.receive_some
-    send_all = fast_sink.send_all if fast_sink is not None else sink.send_all
+    receive_some, _ = stream_io(source)
+    _, send_all = stream_io(sink)
     copied = published = 0
     from_client = source_side is Side.CLIENT
     while True:

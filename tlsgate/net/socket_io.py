@@ -24,8 +24,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Awaitable, Callable
 
 import trio
+
+Receive = Callable[[int], Awaitable[bytes | bytearray]]
+Send = Callable[[bytes | bytearray | memoryview], Awaitable[None]]
 
 # The errnos SocketStream reports as ClosedResourceError (trio/_highlevel_socket.py).
 _CLOSED_SOCKET_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
@@ -125,6 +129,15 @@ class SocketFastPath:
                         raise _stream_error(exc) from exc
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+def stream_io(stream: trio.abc.Stream) -> tuple[Receive, Send]:
+    """`stream.receive_some` and `stream.send_all`, through the fast path if it is a
+    SocketStream; for a sole receiver and a sole sender."""
+    fast = SocketFastPath.of(stream)
+    if fast is None:
+        return stream.receive_some, stream.send_all
+    return fast.receive_some, fast.send_all
 
 
 async def connect_ip(family: socket.AddressFamily, address: tuple[str, int]) -> trio.SocketStream:
