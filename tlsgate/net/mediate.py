@@ -217,10 +217,11 @@ class MediationRunner:
 
     async def _relay(self) -> None:
         """The mediator stepped aside: copy opaque bytes both ways until both sides end."""
-        to_backend, to_client, idle = await relay_both_ways(
-            self.client, self.backend, self._activity
-        )
-        self.bytes_from_client += to_backend
-        self.bytes_from_backend += to_client
+        copied = [0, 0]
+        try:
+            idle = await relay_both_ways(self.client, self.backend, self._activity, copied)
+        finally:
+            self.bytes_from_client += copied[0]
+            self.bytes_from_backend += copied[1]
         if idle:
             self.close_reason = CloseReason.IDLE_TIMEOUT

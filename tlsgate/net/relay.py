@@ -61,9 +61,13 @@ async def pump(
     sink: trio.abc.Stream,
     sink_side: Side,
     activity: Activity,
-) -> int:
-    """Copy `source` to `sink` until EOF, then half-close `sink`. Return the bytes copied
-    (all of them: those `activity` published on the way are the caller's to account for).
+    copied_total: list[int],
+    index: int,
+) -> None:
+    """Copy `source` to `sink` until EOF, then half-close `sink`.
+
+    The bytes copied are added to `copied_total[index]` when the pump ends, however it ends
+    (those `activity` published on the way included: the caller accounts for them).
 
     Raises:
         PeerBrokenError: either stream broke; `side` says which.
@@ -74,37 +78,41 @@ async def pump(
     _, send_all = stream_io(sink)
     copied = published = 0
     from_client = source_side is Side.CLIENT
-    while True:
-        try:
-            data = await receive_some(RECEIVE_SIZE_BYTES)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise PeerBrokenError(source_side) from exc
-        if not data:
-            break
-        try:
-            await send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise PeerBrokenError(sink_side) from exc
-        copied += len(data)
-        if activity.touch():
-            fresh, published = copied - published, copied
-            activity.publish(fresh, 0) if from_client else activity.publish(0, fresh)
+    try:
+        while True:
+            try:
+                data = await receive_some(RECEIVE_SIZE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerBrokenError(source_side) from exc
+            if not data:
+                break
+            try:
+                await send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerBrokenError(sink_side) from exc
+            copied += len(data)
+            if activity.touch():
+                fresh, published = copied - published, copied
+                activity.publish(fresh, 0) if from_client else activity.publish(0, fresh)
+    finally:
+        copied_total[index] += copied
     await send_eof_quietly(sink)
-    return copied
 
 
 async def relay_both_ways(
-    client: trio.abc.Stream, backend: trio.abc.Stream, activity: Activity
-) -> tuple[int, int, bool]:
+    client: trio.abc.Stream, backend: trio.abc.Stream, activity: Activity, copied: list[int]
+) -> bool:
     """Relay until both directions reached EOF, or until the session goes idle.
 
+    `copied` is [bytes client to backend, bytes backend to client]; the bytes relayed are
+    added to it however the relay ends (EOF, idle, a broken peer, cancellation).
+
     Returns:
-        (bytes client to backend, bytes backend to client, whether it ended by going idle).
+        Whether it ended by going idle.
 
     Raises:
         PeerBrokenError: a stream broke; its `side` says which.
     """
-    counts = [0, 0]
     idle = False
     try:
         async with trio.open_nursery() as nursery:
@@ -115,7 +123,7 @@ async def relay_both_ways(
                 source_side, sink_side = (
                     (Side.CLIENT, Side.BACKEND) if index == 0 else (Side.BACKEND, Side.CLIENT)
                 )
-                counts[index] = await pump(source, source_side, sink, sink_side, activity)
+                await pump(source, source_side, sink, sink_side, activity, copied, index)
                 running -= 1
                 if not running:
                     nursery.cancel_scope.cancel()  # both directions done: stop the watchdog
@@ -130,7 +138,7 @@ async def relay_both_ways(
             await copy(0, client, backend)  # in this task: one spawn fewer per connection
     except BaseExceptionGroup as group:
         raise_first_error(group)
-    return counts[0], counts[1], idle
+    return idle
 
 
 def raise_first_error(group: BaseExceptionGroup[BaseException]) -> None:

@@ -315,6 +315,10 @@ class Server:
     async def _run_session(self, session: Session) -> None:
         try:
             await session.run()
+        except Exception:
+            # Session.run classifies every way a session ends; an exception here is a bug in
+            # its own bookkeeping, and it must not end the other sessions of this nursery.
+            self._log.exception(NoticeKind.INTERNAL_ERROR.value, listener=session.listener.name)
         finally:
             self._open -= 1
             self._open_by_listener[session.listener.name] -= 1

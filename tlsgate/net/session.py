@@ -154,9 +154,12 @@ class Session:
         if initial_data:
             await self._backend.send_all(initial_data)
             self._bytes_from_client += len(initial_data)
-        to_backend, to_client, idle = await relay_both_ways(self._client, self._backend, activity)
-        self._bytes_from_client += to_backend
-        self._bytes_from_backend += to_client
+        copied = [0, 0]
+        try:
+            idle = await relay_both_ways(self._client, self._backend, activity, copied)
+        finally:
+            self._bytes_from_client += copied[0]
+            self._bytes_from_backend += copied[1]
         return CloseReason.IDLE_TIMEOUT if idle else CloseReason.COMPLETED
 
     # ---- detection and TLS ------------------------------------------------------------------
