@@ -74,6 +74,13 @@ LISTENERS: list[dict[str, object]] = [
         "backend": POP3_BACKEND,
         "idle_timeout": SHORT_TIMEOUT_SECONDS,
     },
+    {
+        "name": "tcp-idle",
+        "protocol": "tcp",
+        "tls": "implicit",
+        "backend": SMTP_BACKEND,
+        "idle_timeout": SHORT_TIMEOUT_SECONDS,
+    },
 ]
 
 LogEntries = list[MutableMapping[str, Any]]
@@ -433,6 +440,23 @@ def test_idle_timeout_also_ends_a_session_inside_tls(
         rest, _ = wire.assert_closed_within(CLOSE_BOUND_SECONDS)
     assert reply.startswith(b"421 4.4.2 "), reply
     assert rest == b""
+
+
+def test_idle_timeout_ends_a_plain_relay_and_counts_what_it_relayed(
+    gateway: Gateway, cert_files: CertFiles, logs: LogEntries
+) -> None:
+    with Wire(gateway.port("tcp-idle")) as wire:
+        wire.start_tls(cert_files.client_context())
+        greeting = wire.line()  # relayed as opaque bytes (protocol = "tcp")
+        started = time.monotonic()
+        rest, _ = wire.assert_closed_within(CLOSE_BOUND_SECONDS)
+        elapsed = time.monotonic() - started
+    assert greeting.startswith(b"220 ")
+    assert rest == b""  # no protocol goodbye on an opaque relay
+    assert SHORT_TIMEOUT_SECONDS * 0.5 <= elapsed < CLOSE_BOUND_SECONDS
+    closed = only(session_log(logs, wire), "closed")
+    assert closed["reason"] == "idle_timeout"
+    assert closed["bytes_backend_to_client"] == len(greeting)
 
 
 # ---- resets -------------------------------------------------------------------------------

@@ -1,14 +1,24 @@
-"""Per-session bookkeeping on the per-chunk path: when data last moved, and when the bytes
-moved since are due to be published.
+"""Per-session bookkeeping on the per-chunk path, and one idle reaper for all sessions.
 
-Both cost one `trio.current_time()` and a float compare per chunk; nothing is logged or
-counted per chunk (PERFORMANCE.md §3). Byte counts stay in the relay's locals and are handed
-to `publish` every `PUBLISH_INTERVAL_SECONDS` while data flows, and the rest at close: a
-2 GB transfer moves `tlsgate_bytes_total` while it runs, not only when it ends.
+`Activity` records when data last moved and when the bytes moved since are due to be
+published. Both cost one `trio.current_time()` and a float compare per chunk; nothing is
+logged or counted per chunk (PERFORMANCE.md §3). Byte counts stay in the relay's locals and
+are handed to `publish` every `PUBLISH_INTERVAL_SECONDS` while data flows, and the rest at
+close: a 2 GB transfer moves `tlsgate_bytes_total` while it runs, not only when it ends.
+
+Idle timeouts are enforced by one reaper task per trio run, not by a watchdog task per session:
+a task spawned, cancelled and reaped per connection cost 5% of the instructions of a relayed
+handshake (bench/instructions.py). The reaper sleeps until the earliest deadline any watched
+session could have (`last` + its idle timeout); when it wakes, it starts the `on_idle` of every
+session past its deadline in that session's nursery and sleeps until the next one. A session
+registers while its nursery runs and leaves on the way out; registering costs a dict insert,
+and moves the reaper's wake-up only if the new deadline comes before it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -18,6 +28,7 @@ PUBLISH_INTERVAL_SECONDS = 5.0
 
 # Receives (bytes client to backend, bytes backend to client) moved since its last call.
 Publish = Callable[[int, int], None]
+OnIdle = Callable[[], Awaitable[None]]
 
 
 def _discard(_c2b: int, _b2c: int) -> None:
@@ -46,11 +57,67 @@ class Activity:
         self._publish_at = self.last + PUBLISH_INTERVAL_SECONDS
         self._publish(bytes_c2b, bytes_b2c)
 
-    async def watch(self, on_idle: Callable[[], Awaitable[None]]) -> None:
-        """Call `on_idle` once nothing has moved for the idle timeout, then return."""
+    def watch(self, nursery: trio.Nursery, on_idle: OnIdle) -> None:
+        """From now on, start `on_idle` in `nursery` (once) when nothing has moved for the idle
+        timeout. Call `forget()` when `nursery` has closed (in a `finally` around it)."""
+        _IdleReaper.of_this_run().watch(self, nursery, on_idle)
+
+    def forget(self) -> None:
+        """Stop watching (nothing happens if not watched)."""
+        _IdleReaper.of_this_run().forget(self)
+
+
+class _IdleReaper:
+    """The one task of a trio run that ends idle sessions (see the module docstring)."""
+
+    _current: trio.lowlevel.RunVar[_IdleReaper] = trio.lowlevel.RunVar("tlsgate_idle_reaper")
+
+    def __init__(self) -> None:
+        self._watched: dict[Activity, tuple[trio.Nursery, OnIdle]] = {}
+        # The reaper sleeps inside this scope; its deadline is the next wake-up.
+        self._sleep = trio.CancelScope()
+
+    @classmethod
+    def of_this_run(cls) -> _IdleReaper:
+        try:
+            return cls._current.get()
+        except LookupError:
+            reaper = cls()
+            cls._current.set(reaper)
+            # A system task: it must outlive any one session's or server's nursery, and the
+            # run cancels it at its end.
+            trio.lowlevel.spawn_system_task(reaper._run, name="tlsgate idle reaper")
+            return reaper
+
+    def watch(self, activity: Activity, nursery: trio.Nursery, on_idle: OnIdle) -> None:
+        self._watched[activity] = (nursery, on_idle)
+        deadline = activity.last + activity.idle_timeout_seconds
+        if deadline < self._sleep.deadline:
+            self._sleep.deadline = deadline
+
+    def forget(self, activity: Activity) -> None:
+        self._watched.pop(activity, None)
+
+    async def _run(self) -> None:
         while True:
-            deadline = self.last + self.idle_timeout_seconds
-            if trio.current_time() >= deadline:
-                await on_idle()
-                return
-            await trio.sleep_until(deadline)
+            with self._sleep:
+                await trio.sleep_forever()
+            self._sleep = trio.CancelScope(deadline=self._expire(trio.current_time()))
+
+    def _expire(self, now: float) -> float:
+        """Start `on_idle` for every session past its deadline; return the next deadline."""
+        earliest = math.inf
+        expired: list[Activity] = []
+        for activity in self._watched:
+            deadline = activity.last + activity.idle_timeout_seconds
+            if deadline <= now:
+                expired.append(activity)
+            elif deadline < earliest:
+                earliest = deadline
+        for activity in expired:
+            nursery, on_idle = self._watched.pop(activity)
+            # A system task must never raise (it would end the whole run): a session that
+            # failed to forget its closed nursery loses only its own idle timeout.
+            with contextlib.suppress(RuntimeError):
+                nursery.start_soon(on_idle)
+        return earliest

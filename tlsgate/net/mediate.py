@@ -101,9 +101,9 @@ class MediationRunner:
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._activity.watch, self._on_idle)
+                    self._activity.watch(nursery, self._on_idle)
                     nursery.start_soon(self._read_backend, initial_backend_data)
-                    nursery.start_soon(self._read_client, initial_client_data)
+                    await self._read_client(initial_client_data)  # one spawn fewer
         except BaseExceptionGroup as group:
             try:
                 raise_first_error(group)

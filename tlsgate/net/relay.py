@@ -114,30 +114,24 @@ async def relay_both_ways(
         PeerBrokenError: a stream broke; its `side` says which.
     """
     idle = False
+
+    async def on_idle() -> None:
+        nonlocal idle
+        idle = True
+        nursery.cancel_scope.cancel()
+
     try:
         async with trio.open_nursery() as nursery:
-            running = 2
-
-            async def copy(index: int, source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
-                nonlocal running
-                source_side, sink_side = (
-                    (Side.CLIENT, Side.BACKEND) if index == 0 else (Side.BACKEND, Side.CLIENT)
-                )
-                await pump(source, source_side, sink, sink_side, activity, copied, index)
-                running -= 1
-                if not running:
-                    nursery.cancel_scope.cancel()  # both directions done: stop the watchdog
-
-            async def on_idle() -> None:
-                nonlocal idle
-                idle = True
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(activity.watch, on_idle)
-            nursery.start_soon(copy, 1, backend, client)
-            await copy(0, client, backend)  # in this task: one spawn fewer per connection
+            activity.watch(nursery, on_idle)
+            nursery.start_soon(
+                pump, backend, Side.BACKEND, client, Side.CLIENT, activity, copied, 1
+            )
+            # In this task: one spawn fewer per connection.
+            await pump(client, Side.CLIENT, backend, Side.BACKEND, activity, copied, 0)
     except BaseExceptionGroup as group:
         raise_first_error(group)
+    finally:
+        activity.forget()
     return idle
 
 
