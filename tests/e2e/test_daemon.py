@@ -305,7 +305,7 @@ def test_sigterm_lets_an_open_session_finish_its_transaction_then_exits_0(
     assert [m.mail_from for m in backend.store.messages[messages:]] == ["drain@x"]
 
 
-def test_shutdown_timeout_closes_an_idle_session_and_exits_0(
+def test_shutdown_timeout_says_421_to_an_idle_session_closes_it_and_exits_0(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(setup.config(shutdown_timeout=1))
@@ -313,7 +313,11 @@ def test_shutdown_timeout_closes_an_idle_session_and_exits_0(
         assert wire.reply().startswith(b"220 ")
         assert wire.smtp(b"EHLO lingering.test").startswith(b"250")
         daemon.signal(signal.SIGTERM)
-        elapsed = wire.closed_after()
+        started = time.monotonic()
+        # RFC 5321 §3.8: a server shut down from outside says 421 before it closes.
+        goodbye = wire.reply()
+        elapsed = time.monotonic() - started + wire.closed_after()
+    assert goodbye.startswith(b"421 4.3.2 "), goodbye
     assert 0.5 <= elapsed < PROMPT_SECONDS
     assert daemon.wait() == 0, daemon.stderr()
     closed = [e for e in daemon.events() if e["event"] == "closed"]

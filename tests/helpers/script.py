@@ -37,6 +37,7 @@ from tlsgate.protocol.io_types import (
     Output,
     SendToBackend,
     SendToClient,
+    Shutdown,
     StartClientTls,
 )
 
@@ -108,6 +109,9 @@ class Script:
 
     def idle_timeout(self) -> list[Output]:
         return self.feed(IdleTimeout())
+
+    def shutdown(self) -> list[Output]:
+        return self.feed(Shutdown())
 
     def expect(self, event: Input, *expected: Output) -> list[Output]:
         """Feed `event` and assert its outputs equal `expected` (normalised)."""

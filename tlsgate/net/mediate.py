@@ -10,6 +10,7 @@ can take over the raw transport and no plaintext is ever read past a STARTTLS.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -41,12 +42,15 @@ from tlsgate.protocol.io_types import (
     Output,
     SendToBackend,
     SendToClient,
+    Shutdown,
     StartClientTls,
     SwitchToRelay,
 )
 
 # After an idle timeout the goodbye reply gets this long to leave before the close.
 GOODBYE_SEND_TIMEOUT_SECONDS = 5.0
+# At shutdown the drain deadline has already passed: the 421 gets only this long.
+SHUTDOWN_GOODBYE_TIMEOUT_SECONDS = 1.0
 
 StartTls = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
 NoticeSink = Callable[[Notice], None]
@@ -79,6 +83,7 @@ class MediationRunner:
         self._on_notice = on_notice
         self._activity = activity
         self._published_from_client = 0
+        self._client_send_torn = False
         self._published_from_backend = 0
         self._lock = trio.Lock()
         self._client_resumed = trio.Event()
@@ -92,12 +97,31 @@ class MediationRunner:
         """Mediate until the mediator closes the session or a peer breaks off.
 
         The initial data was read before mediation began: the client's by the sniffer, the
-        backend's (a relay's greeting) by an outbound STARTTLS.
+        backend's (a relay's greeting) by an outbound STARTTLS. Cancelled from outside (the
+        drain deadline of a stopping daemon), it first gives the client the protocol's
+        goodbye where one can be said (SMTP 421, POP3 -ERR), then re-raises.
 
         Raises:
             PeerBrokenError: a stream broke; its `side` says which.
             TlsHandshakeError: the STARTTLS handshake failed (from `start_client_tls`).
         """
+        try:
+            return await self._run(initial_client_data, initial_backend_data)
+        except trio.Cancelled:
+            await self._say_goodbye_at_shutdown()
+            raise
+
+    async def _say_goodbye_at_shutdown(self) -> None:
+        if self._client_send_torn:
+            return  # part of a reply is on the wire: a 421 after it would be garbage
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(SHUTDOWN_GOODBYE_TIMEOUT_SECONDS),
+            contextlib.suppress(PeerBrokenError),
+        ):
+            await self._dispatch(Shutdown())
+
+    async def _run(self, initial_client_data: bytes, initial_backend_data: bytes) -> CloseReason:
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
@@ -214,6 +238,10 @@ class MediationRunner:
             await send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerBrokenError(side) from exc
+        except BaseException:
+            if side is Side.CLIENT:
+                self._client_send_torn = True  # cancelled midway: some of `data` may be out
+            raise
 
     async def _relay(self) -> None:
         """The mediator stepped aside: copy opaque bytes both ways until both sides end."""

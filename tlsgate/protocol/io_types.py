@@ -46,8 +46,19 @@ class IdleTimeout:
     """Nothing moved in either direction for the listener's `idle_timeout`."""
 
 
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The daemon is stopping and the session outlived `shutdown_timeout`: it ends now."""
+
+
 Input: TypeAlias = (
-    ClientData | BackendData | ClientEof | BackendEof | ClientTlsEstablished | IdleTimeout
+    ClientData
+    | BackendData
+    | ClientEof
+    | BackendEof
+    | ClientTlsEstablished
+    | IdleTimeout
+    | Shutdown
 )
 
 # ---- outputs --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tlsgate.protocol.io_types import (
     SendToBackend,
     SendToClient,
     SessionPolicy,
+    Shutdown,
     StartClientTls,
     SwitchToRelay,
 )
@@ -99,6 +100,9 @@ class MediatorBase(Generic[CommandT]):
                 self._notice(NoticeKind.IDLE_TIMEOUT)
                 self._send_client(self._idle_timeout_reply())
                 self._close(CloseReason.IDLE_TIMEOUT)
+            case Shutdown():
+                self._send_client(self._shutdown_reply())
+                self._close(CloseReason.SHUTDOWN)
         out, self._out = self._out, []
         return _coalesce(out) if len(out) > 1 else out
 
@@ -114,6 +118,11 @@ class MediatorBase(Generic[CommandT]):
         raise NotImplementedError
 
     def _idle_timeout_reply(self) -> bytes:
+        raise NotImplementedError
+
+    def _shutdown_reply(self) -> bytes:
+        """The goodbye for `Shutdown`, or b"" where a reply line would corrupt what the
+        client is reading (a TLS handshake, opaque relayed bytes, a multi-line response)."""
         raise NotImplementedError
 
     def _on_client_eof(self) -> None:

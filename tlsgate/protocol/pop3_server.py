@@ -30,6 +30,8 @@ REPLY_STLS_SYNTAX = b"-ERR STLS takes no arguments\r\n"
 REPLY_AUTH_NEEDS_TLS = b"-ERR [AUTH] Authentication requires TLS, issue STLS first\r\n"
 REPLY_MUST_STLS = b"-ERR Must issue a STLS command first\r\n"
 REPLY_IDLE_TIMEOUT = b"-ERR Idle timeout, closing connection\r\n"
+# RFC 3206: SYS/TEMP, a temporary failure of the server; the client may try again later.
+REPLY_SHUTTING_DOWN = b"-ERR [SYS/TEMP] Service shutting down, closing connection\r\n"
 REPLY_LINE_TOO_LONG = b"-ERR Line too long, closing connection\r\n"
 REPLY_BACKEND_GARBLED = b"-ERR [SYS/TEMP] Backend sent an invalid response, closing connection\r\n"
 SYNTHESISED_CAPA_STATUS = b"+OK Capability list follows\r\n"
@@ -196,6 +198,13 @@ class Pop3ServerMediator(MediatorBase[Command]):
 
     def _idle_timeout_reply(self) -> bytes:
         return REPLY_IDLE_TIMEOUT
+
+    def _shutdown_reply(self) -> bytes:
+        if self._state in (State.AWAITING_TLS, State.RELAY):
+            return b""
+        if self._backend_state is not BackendState.STATUS_LINE:
+            return b""  # inside a multi-line response: an -ERR line would become part of it
+        return REPLY_SHUTTING_DOWN
 
     # ---- backend side -----------------------------------------------------------------------
 

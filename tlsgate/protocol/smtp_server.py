@@ -37,6 +37,9 @@ REPLY_AUTH_NEEDS_TLS = b"538 5.7.11 Encryption required for requested authentica
 # RFC 3207 §4: "530 Must issue a STARTTLS command first".
 REPLY_MUST_STARTTLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
 REPLY_IDLE_TIMEOUT = b"421 4.4.2 Idle timeout, closing connection\r\n"
+# RFC 5321 §3.8: a server shut down by external means SHOULD send 421 first; the client reads
+# it after its next command. RFC 3463: X.3.2, system not accepting network messages.
+REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, closing connection\r\n"
 REPLY_LINE_TOO_LONG = b"500 5.5.2 Line too long, closing connection\r\n"
 REPLY_BACKEND_GARBLED = b"421 4.3.0 Backend sent an invalid reply, closing connection\r\n"
 # Postfix's answer to SMTP smuggling (smtpd_forbid_bare_newline): refuse and disconnect.
@@ -253,6 +256,13 @@ class SmtpServerMediator(MediatorBase[Command]):
 
     def _idle_timeout_reply(self) -> bytes:
         return REPLY_IDLE_TIMEOUT
+
+    def _shutdown_reply(self) -> bytes:
+        # Replies reach the client whole (ReplyAssembler), so between two of them a 421 is
+        # a reply like any other; a client mid-handshake or past a relay switch reads no lines.
+        if self._state in (State.AWAITING_TLS, State.RELAY):
+            return b""
+        return REPLY_SHUTTING_DOWN
 
     # ---- backend side -----------------------------------------------------------------------
 

@@ -457,6 +457,21 @@ def test_idle_timeout_gets_err_then_close() -> None:
     )
 
 
+def test_shutdown_gets_err_sys_temp_between_responses() -> None:
+    assert_outputs(
+        logged_in(tls_session()).shutdown(),
+        SendToClient(b"-ERR [SYS/TEMP] Service shutting down, closing connection\r\n"),
+        Close(CloseReason.SHUTDOWN),
+    )
+
+
+def test_shutdown_inside_a_multi_line_response_adds_no_line_to_it() -> None:
+    script = logged_in(tls_session())
+    script.client(b"RETR 1\r\n")
+    script.backend(b"+OK 120 octets\r\nSubject: hi\r\n")
+    assert_outputs(script.shutdown(), Close(CloseReason.SHUTDOWN))
+
+
 def test_line_over_4k_before_tls_is_a_protocol_error() -> None:
     outs = session().client(b"USER " + b"a" * 5000)
     assert client_bytes(outs) == b"-ERR Line too long, closing connection\r\n"

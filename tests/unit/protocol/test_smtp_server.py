@@ -720,6 +720,22 @@ def test_idle_timeout_gets_421_then_close() -> None:
     )
 
 
+def test_shutdown_gets_421_4_3_2_between_replies_even_with_one_owed() -> None:
+    script = session()
+    script.client(b"MAIL FROM:<a@example.test>\r\n")  # its reply is still to come
+    assert_outputs(
+        script.shutdown(),
+        SendToClient(b"421 4.3.2 Service shutting down, closing connection\r\n"),
+        Close(CloseReason.SHUTDOWN),
+    )
+
+
+def test_shutdown_says_nothing_to_a_client_that_is_starting_tls() -> None:
+    script = session()
+    script.client(b"STARTTLS\r\n")
+    assert_outputs(script.shutdown(), Close(CloseReason.SHUTDOWN))
+
+
 def test_nothing_happens_after_close() -> None:
     script = session()
     script.idle_timeout()
