@@ -5,6 +5,7 @@ The plaintext path, and the TCP step of every outbound TLS attempt (`net.outboun
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -84,12 +85,20 @@ async def connect_one(endpoint: Endpoint, timeout_seconds: float) -> trio.Socket
 async def _open(endpoint: Endpoint) -> trio.SocketStream:
     """Connect; an IP literal skips open_tcp_stream's resolver and happy-eyeballs nursery,
     which cost more per connection than the rest of a relayed handshake's Python work."""
-    try:
-        address = ipaddress.ip_address(endpoint.host)
-    except ValueError:
+    family = _ip_family(endpoint.host)
+    if family is None:
         return await trio.open_tcp_stream(endpoint.host, endpoint.port)
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     return await connect_ip(family, (endpoint.host, endpoint.port))
+
+
+@functools.lru_cache(maxsize=256)
+def _ip_family(host: str) -> socket.AddressFamily | None:
+    """The family of an IP literal, None for a name; parsed once per host, not per connect."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
 def _attempt_error(exc: OSError) -> BackendAttemptError:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from tlsgate.net.activity import Activity
+from tlsgate.net.locks import TaskLock
 from tlsgate.net.relay import (
     RECEIVE_SIZE_BYTES,
     PeerBrokenError,
@@ -85,7 +86,7 @@ class MediationRunner:
         self._published_from_client = 0
         self._client_send_torn = False
         self._published_from_backend = 0
-        self._lock = trio.Lock()
+        self._lock = TaskLock()
         self._client_resumed = trio.Event()
         self._switch_to_relay = False
         self._backend_finished = False

@@ -34,6 +34,7 @@ from typing import Final
 import trio
 from trio.abc import HalfCloseableStream, Stream
 
+from tlsgate.net.locks import TaskLock
 from tlsgate.net.socket_io import SocketFastPath
 from tlsgate.observe.events import HandshakeFailure
 from tlsgate.tls.failures import TlsHandshakeError, classify_ssl_error, ssl_error_detail
@@ -125,7 +126,7 @@ class TlsStream(HalfCloseableStream):
         self._first_bytes = bytes(initial_data[:2])
         self._state = _State.OPEN
         self._handshake_done = False
-        self._send_lock = trio.Lock()
+        self._send_lock = TaskLock()
         self._sending = False
         self._receiving = False
         self._eof_sent = False
