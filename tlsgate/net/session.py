@@ -313,7 +313,9 @@ class Session:
         # A TlsStream bounds its own close_notify (and closes its transport whatever happens);
         # a socket closes at once. So no deadline is needed here, even shielded at shutdown.
         for stream in (self._client, self._backend):
-            if stream is not None:
+            if isinstance(stream, trio.SocketStream):
+                stream.socket.close()  # what SocketStream.aclose does, minus its schedule point
+            elif stream is not None:
                 with contextlib.suppress(*_STREAM_GONE, OSError):
                     await stream.aclose()
 

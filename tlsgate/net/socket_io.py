@@ -86,8 +86,10 @@ class SocketFastPath:
                 raise _stream_error(exc) from exc
 
     async def send_eof(self) -> None:
-        """`SocketStream.send_eof()`."""
-        await trio.lowlevel.checkpoint()
+        """`SocketStream.send_eof()`, but a cancel point only, not a schedule point: a shutdown
+        never blocks, and both callers have just passed one (the relay's last receive, the TLS
+        stream's flush of its close_notify)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._trio_socket.did_shutdown_SHUT_WR:
             return
         try:
