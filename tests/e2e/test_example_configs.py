@@ -6,15 +6,12 @@ next to themselves; the test generates that pair, since the repository ships no 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tlsgate.demo.selfsigned import write_self_signed
+from tests.e2e.test_reference_config import check_beside_a_certificate
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "conf" / "examples").glob("*.toml"))
@@ -26,18 +23,7 @@ def test_there_are_examples() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_passes_check(example: Path, tmp_path: Path) -> None:
-    config = tmp_path / example.name
-    shutil.copyfile(example, config)
-    (tmp_path / "certs").mkdir(mode=0o700)
-    write_self_signed(tmp_path / "certs", stem="mail")
-    result = subprocess.run(
-        [sys.executable, "-m", "tlsgate", "check", "-c", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = check_beside_a_certificate(example.read_text(), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("config OK: "), result.stdout
     assert result.stderr == "", result.stderr
@@ -46,21 +32,9 @@ def test_example_passes_check(example: Path, tmp_path: Path) -> None:
 def test_the_kubernetes_example_embeds_a_config_that_passes_check(tmp_path: Path) -> None:
     manifest = (REPO / "conf" / "examples" / "kubernetes-sidecar.yaml").read_text()
     embedded = manifest.split("# BEGIN tlsgate.toml\n", 1)[1].split("    # END tlsgate.toml", 1)[0]
-    config = tmp_path / "tlsgate.toml"
-    config.write_text(textwrap.dedent(embedded))
-    certs = tmp_path / "certs"
-    certs.mkdir(mode=0o700)
-    write_self_signed(certs, stem="mail")
-    # Where a kubernetes.io/tls Secret puts them.
-    (certs / "mail.pem").rename(certs / "tls.crt")
-    (certs / "mail.key").rename(certs / "tls.key")
-    result = subprocess.run(
-        [sys.executable, "-m", "tlsgate", "check", "-c", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    # The certificate where a kubernetes.io/tls Secret puts it.
+    result = check_beside_a_certificate(
+        textwrap.dedent(embedded), tmp_path, cert="tls.crt", key="tls.key"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "config OK: 3 listeners\n", result.stdout

@@ -7,12 +7,11 @@ generated `certs/mail.pem` / `certs/mail.key`, exactly where its relative paths 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
+from tests.e2e.test_daemon import tlsgate
 from tlsgate.config.model import CertificateEntry, Config, ListenerConfig, LogConfig, TlsSettings
 from tlsgate.demo.selfsigned import write_self_signed
 
@@ -20,19 +19,23 @@ REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "conf" / "tlsgate.toml"
 
 
+def check_beside_a_certificate(
+    config_text: str, directory: Path, *, cert: str = "mail.pem", key: str = "mail.key"
+) -> subprocess.CompletedProcess[str]:
+    """`tlsgate check` on `config_text` written to `directory`, next to a fresh self-signed
+    `certs/<cert>` and `certs/<key>` (where the shipped configs' relative paths point)."""
+    config = directory / "tlsgate.toml"
+    config.write_text(config_text)
+    certs = directory / "certs"
+    certs.mkdir(mode=0o700)
+    write_self_signed(certs, stem="mail")
+    (certs / "mail.pem").rename(certs / cert)
+    (certs / "mail.key").rename(certs / key)
+    return tlsgate("check", "-c", str(config), cwd=REPO)
+
+
 def test_reference_config_passes_check_with_a_certificate(tmp_path: Path) -> None:
-    config = tmp_path / "tlsgate.toml"
-    shutil.copyfile(REFERENCE, config)
-    (tmp_path / "certs").mkdir(mode=0o700)
-    write_self_signed(tmp_path / "certs", stem="mail")
-    result = subprocess.run(
-        [sys.executable, "-m", "tlsgate", "check", "-c", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = check_beside_a_certificate(REFERENCE.read_text(), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "config OK: 6 listeners\n"
     assert result.stderr == ""
