@@ -62,12 +62,12 @@ async def pump(
     sink_side: Side,
     activity: Activity,
     copied_total: list[int],
-    index: int,
 ) -> None:
     """Copy `source` to `sink` until EOF, then half-close `sink`.
 
-    The bytes copied are added to `copied_total[index]` when the pump ends, however it ends
-    (those `activity` published on the way included: the caller accounts for them).
+    The bytes copied are added to `copied_total` ([client to backend, backend to client]) when
+    the pump ends, however it ends (those `activity` published on the way included: the
+    caller accounts for them).
 
     Raises:
         PeerBrokenError: either stream broke; `side` says which.
@@ -95,7 +95,7 @@ async def pump(
                 fresh, published = copied - published, copied
                 activity.publish(fresh, 0) if from_client else activity.publish(0, fresh)
     finally:
-        copied_total[index] += copied
+        copied_total[0 if from_client else 1] += copied
     await send_eof_quietly(sink)
 
 
@@ -123,11 +123,9 @@ async def relay_both_ways(
     try:
         async with trio.open_nursery() as nursery:
             activity.watch(nursery, on_idle)
-            nursery.start_soon(
-                pump, backend, Side.BACKEND, client, Side.CLIENT, activity, copied, 1
-            )
+            nursery.start_soon(pump, backend, Side.BACKEND, client, Side.CLIENT, activity, copied)
             # In this task: one spawn fewer per connection.
-            await pump(client, Side.CLIENT, backend, Side.BACKEND, activity, copied, 0)
+            await pump(client, Side.CLIENT, backend, Side.BACKEND, activity, copied)
     except BaseExceptionGroup as group:
         raise_first_error(group)
     finally:
