@@ -56,3 +56,23 @@ async def test_a_waiter_cancelled_in_line_does_not_take_the_lock() -> None:
     assert not lock.locked()
     with pytest.raises(RuntimeError):
         lock.release()
+
+
+async def test_take_is_immediate_when_free_and_waits_in_line_when_held() -> None:
+    lock = TaskLock()
+    await lock.take()  # free: taken at once
+    assert lock.locked()
+    order: list[str] = []
+
+    async def taker() -> None:
+        await lock.take()
+        order.append("taker")
+        lock.release()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(taker)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == []  # waiting for the holder
+        lock.release()
+    assert order == ["taker"]
+    assert not lock.locked()

@@ -47,6 +47,14 @@ class TaskLock:
         self._held = True
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    async def take(self) -> None:
+        """Take the lock at once if it is free, without `acquire()`'s schedule point (for
+        callers whose own I/O checkpoints anyway); otherwise wait in line."""
+        if self._held:
+            await self.acquire()
+        else:
+            self._held = True
+
     def release(self) -> None:
         if not self._held:
             raise RuntimeError("release of a TaskLock that is not held")

@@ -195,19 +195,15 @@ class MediationRunner:
     # ---- executing outputs ------------------------------------------------------------------
 
     async def _dispatch(self, event: Input) -> None:
-        lock = self._lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            # The usual case. Without the scheduling round trip of `acquire()`, which sat on
-            # the path of every command and every reply (the reads around it are checkpoints).
-            lock.acquire_nowait()
+        # Not `acquire()`: its schedule point sat on the path of every command and every
+        # reply, and the reads around this are checkpoints anyway.
+        await self._lock.take()
         try:
             await self._execute(self.mediator.handle(event))
             if not self.mediator.client_reading_paused:
                 self._client_resumed.set()
         finally:
-            lock.release()
+            self._lock.release()
 
     async def _execute(self, outputs: list[Output]) -> None:
         for output in outputs:

@@ -167,11 +167,7 @@ class TlsStream(HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             return
         self._check_can_receive()
-        lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()  # the common case: no scheduling round trip
+        await self._send_lock.take()
         try:
             try:
                 await self._handshake_locked()
@@ -184,7 +180,7 @@ class TlsStream(HalfCloseableStream):
                 self._mark_broken()
                 raise
         finally:
-            lock.release()
+            self._send_lock.release()
 
     async def _handshake_locked(self) -> None:
         if self._handshake_done:  # another task finished it while we waited for the lock
@@ -482,11 +478,7 @@ class TlsStream(HalfCloseableStream):
 
     async def _flush(self) -> None:
         """Send whatever the outgoing BIO holds. Always a checkpoint."""
-        lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()  # the common case: no scheduling round trip
+        await self._send_lock.take()
         try:
             # Read the BIO only while holding the lock, so whoever sends, sends in BIO order.
             data = self._take_outgoing()
@@ -495,7 +487,7 @@ class TlsStream(HalfCloseableStream):
             else:
                 await trio.lowlevel.checkpoint()
         finally:
-            lock.release()
+            self._send_lock.release()
 
     def _take_outgoing(self) -> bytes:
         data = self._outgoing.read()
