@@ -185,7 +185,14 @@ class TlsStream(HalfCloseableStream):
     async def _handshake_locked(self) -> None:
         if self._handshake_done:  # another task finished it while we waited for the lock
             return
+        # A server can do nothing before the ClientHello: read it first rather than make
+        # OpenSSL say so with an SSLWantReadError, which costs more than the call itself.
+        must_receive = self._ssl.server_side and not self._incoming.pending
         while True:
+            if must_receive:
+                must_receive = False
+                if not await self._receive_handshake_bytes():
+                    continue
             try:
                 self._ssl.do_handshake()
                 done = True
@@ -207,14 +214,19 @@ class TlsStream(HalfCloseableStream):
                 self._handshake_done = True
                 self._first_bytes = b""
                 return
-            data = await self._transport_receive(HANDSHAKE_RECEIVE_SIZE_BYTES)
-            if not data:
-                # OpenSSL then raises SSLEOFError, which classifies as EOF.
-                self._incoming.write_eof()
-                continue
-            if len(self._first_bytes) < 2:
-                self._first_bytes = (self._first_bytes + data)[:2]
-            self._incoming.write(data)
+            must_receive = True
+
+    async def _receive_handshake_bytes(self) -> bool:
+        """Feed the next handshake bytes to OpenSSL; False at EOF (OpenSSL then raises
+        SSLEOFError, which classifies as EOF)."""
+        data = await self._transport_receive(HANDSHAKE_RECEIVE_SIZE_BYTES)
+        if not data:
+            self._incoming.write_eof()
+            return False
+        if len(self._first_bytes) < 2:
+            self._first_bytes = (self._first_bytes + data)[:2]
+        self._incoming.write(data)
+        return True
 
     async def _send_alert_best_effort(self) -> None:
         # The alert tells the peer why (unknown_ca, protocol_version, ...). The transport may
@@ -293,6 +305,8 @@ class TlsStream(HalfCloseableStream):
                     break
                 chunks.append(chunk)
                 total += len(chunk)
+                if not self._incoming.pending and not self._ssl.pending():
+                    break  # the next read would only raise SSLWantReadError, at some cost
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
