@@ -72,12 +72,13 @@ async def connect_one(endpoint: Endpoint, timeout_seconds: float) -> trio.Socket
         BackendAttemptError: refused, timed out, or another OS error (unreachable).
     """
     try:
-        with trio.fail_after(timeout_seconds):
+        # Not fail_after(): it is move_on_after() inside a generator-based context manager.
+        with trio.move_on_after(timeout_seconds) as connecting:
             stream = await _open(endpoint)
-    except trio.TooSlowError:
-        raise BackendAttemptError(BackendFailureReason.TIMEOUT, "connect timed out") from None
     except OSError as exc:
         raise _attempt_error(exc) from None
+    if connecting.cancelled_caught:
+        raise BackendAttemptError(BackendFailureReason.TIMEOUT, "connect timed out")
     tune_for_relay(stream)
     return stream
 

@@ -291,14 +291,13 @@ class Server:
                 continue
             assert self._tls is not None
             context = self._tls.context_for(listener.name)
-            conn_id = f"{next(self._connection_ids):x}"
-            logger = self._log.bind(conn_id=conn_id, listener=listener.name)
             implicit = listener.tls is TlsMode.IMPLICIT
             session = Session(
                 stream,
                 listener,
                 context,
-                logger,
+                self._log,
+                conn_id=f"{next(self._connection_ids):x}",
                 backend_context=self._tls.backend_context_for(listener.name),
                 relays=self._relays,
                 metrics=self.metrics.listener(listener),

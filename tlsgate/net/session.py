@@ -54,6 +54,7 @@ class Session:
         context: ssl.SSLContext | None,
         logger: FilteringBoundLogger,
         *,
+        conn_id: str,
         backend_context: ssl.SSLContext | None = None,
         relays: RelayMemory | None = None,
         metrics: ListenerMetrics,
@@ -76,7 +77,7 @@ class Session:
         self._bytes_from_backend = 0
         self._peer_ip, self._peer = _peer(stream)
         # Bound once, so every line of the session names the client, not only `accepted`.
-        self._log = logger.bind(peer=self._peer)
+        self._log = logger.bind(conn_id=conn_id, listener=listener.name, peer=self._peer)
         self._observer = SessionObserver(self._log, metrics)
         self._handshake_slots = handshake_slots
         # Implicit TLS: the accept loop took this session's handshake slot (net.limits).
@@ -196,7 +197,8 @@ class Session:
         self._client = tls
         started = trio.current_time()
         try:
-            with trio.fail_at(deadline):
+            # Not fail_at(): it is move_on_at() inside a generator-based context manager.
+            with trio.move_on_at(deadline) as handshake:
                 if self._handshake_slots is not None and not self._holds_handshake_slot:
                     await self._handshake_slots.take(self)
                     self._holds_handshake_slot = True
@@ -204,10 +206,10 @@ class Session:
                     await tls.do_handshake()
                 finally:
                     self._give_back_handshake_slot()
-        except trio.TooSlowError:
-            raise TlsHandshakeError(HandshakeFailure.TIMEOUT, "handshake timeout") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TlsHandshakeError(HandshakeFailure.EOF, "connection lost") from None
+        if handshake.cancelled_caught:
+            raise TlsHandshakeError(HandshakeFailure.TIMEOUT, "handshake timeout")
         ssl_object = tls.ssl_object
         cipher = ssl_object.cipher()
         identity = self.client_identity = client_identity(ssl_object)
