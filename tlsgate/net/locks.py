@@ -19,10 +19,12 @@ import trio
 
 
 class TaskLock:
-    __slots__ = ("_held", "_waiters")
+    __slots__ = ("_held", "_waiters", "_waiting")
 
     def __init__(self) -> None:
         self._held = False
+        # Counted here so that an uncontended release() makes no call into the parking lot.
+        self._waiting = 0
         self._waiters = trio.lowlevel.ParkingLot()
 
     def locked(self) -> bool:
@@ -42,7 +44,11 @@ class TaskLock:
         """Take the lock, waiting in line if it is held. A checkpoint."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._held:
-            await self._waiters.park()  # woken by release(), which hands the lock over
+            self._waiting += 1
+            try:
+                await self._waiters.park()  # woken by release(), which hands the lock over
+            finally:
+                self._waiting -= 1
             return
         self._held = True
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -58,7 +64,7 @@ class TaskLock:
     def release(self) -> None:
         if not self._held:
             raise RuntimeError("release of a TaskLock that is not held")
-        if not self._waiters.unpark(count=1):
+        if not self._waiting or not self._waiters.unpark(count=1):
             self._held = False
 
     async def __aenter__(self) -> None:

@@ -87,7 +87,8 @@ class MediationRunner:
         self._client_send_torn = False
         self._published_from_backend = 0
         self._lock = TaskLock()
-        self._client_resumed = trio.Event()
+        # Set while the client reader waits for the mediator to unpause it.
+        self._client_resumed: trio.Event | None = None
         self._switch_to_relay = False
         self._backend_finished = False
         self._cancel_scope = trio.CancelScope()
@@ -149,8 +150,8 @@ class MediationRunner:
             await self._dispatch(ClientData(initial_data))
         while True:
             while self.mediator.client_reading_paused:
-                self._client_resumed = trio.Event()
-                await self._client_resumed.wait()
+                resumed = self._client_resumed = trio.Event()
+                await resumed.wait()
             data = await self._receive(self._client_io[0], Side.CLIENT)
             if not data:
                 await self._dispatch(ClientEof())
@@ -200,8 +201,10 @@ class MediationRunner:
         await self._lock.take()
         try:
             await self._execute(self.mediator.handle(event))
-            if not self.mediator.client_reading_paused:
-                self._client_resumed.set()
+            resumed = self._client_resumed
+            if resumed is not None and not self.mediator.client_reading_paused:
+                self._client_resumed = None
+                resumed.set()
         finally:
             self._lock.release()
 

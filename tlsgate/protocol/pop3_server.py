@@ -59,6 +59,10 @@ class Command(Enum):
 
 
 class State(Enum):
+    # Members are singletons compared by identity; object's C hash keeps the state-set tests
+    # on the per-command path off Enum.__hash__, a Python function.
+    __hash__ = object.__hash__
+
     COMMAND = auto()
     SASL_RESPONSE = auto()
     AWAITING_AUTH_REPLY = auto()
