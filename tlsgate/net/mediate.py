@@ -152,7 +152,7 @@ class MediationRunner:
             while self.mediator.client_reading_paused:
                 resumed = self._client_resumed = trio.Event()
                 await resumed.wait()
-            data = await self._receive(self._client_io[0], Side.CLIENT)
+            data = await self._receive(self._client_io.receive, Side.CLIENT)
             if not data:
                 await self._dispatch(ClientEof())
                 return
@@ -163,7 +163,7 @@ class MediationRunner:
         if initial_data:
             await self._dispatch(BackendData(initial_data))
         while True:
-            data = await self._receive(self._backend_io[0], Side.BACKEND)
+            data = await self._receive(self._backend_io.receive, Side.BACKEND)
             if not data:
                 self._backend_finished = True
                 await self._dispatch(BackendEof())
@@ -212,13 +212,13 @@ class MediationRunner:
         for output in outputs:
             match output:
                 case SendToBackend(data):
-                    await self._send(self._backend_io[1], data, Side.BACKEND)
+                    await self._send(self._backend_io.send, data, Side.BACKEND)
                 case SendToClient(data):
-                    await self._send(self._client_io[1], data, Side.CLIENT)
+                    await self._send(self._client_io.send, data, Side.CLIENT)
                 case EofToBackend():
-                    await send_eof_quietly(self.backend)
+                    await send_eof_quietly(self._backend_io.send_eof)
                 case EofToClient():
-                    await send_eof_quietly(self.client)
+                    await send_eof_quietly(self._client_io.send_eof)
                 case StartClientTls():
                     self.client = await self._start_client_tls(self.client)
                     self._client_io = stream_io(self.client)

@@ -13,7 +13,7 @@ from enum import StrEnum
 import trio
 
 from tlsgate.net.activity import Activity
-from tlsgate.net.socket_io import SocketFastPath, stream_io
+from tlsgate.net.socket_io import SendEof, StreamIO, stream_io
 
 # One large read per wakeup: fewer event-loop round trips per megabyte (PERFORMANCE.md).
 RECEIVE_SIZE_BYTES = 256 * 1024
@@ -47,18 +47,18 @@ class PeerBrokenError(Exception):
         self.side = side
 
 
-async def send_eof_quietly(stream: trio.abc.Stream) -> None:
-    """Half-close where the stream can; a peer that already went away is not an error here."""
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        fast = SocketFastPath.of(stream)
+async def send_eof_quietly(send_eof: SendEof | None) -> None:
+    """Half-close where the stream can (`StreamIO.send_eof`); a peer that already went away
+    is not an error here."""
+    if send_eof is not None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await (fast.send_eof() if fast is not None else stream.send_eof())
+            await send_eof()
 
 
 async def pump(
-    source: trio.abc.Stream,
+    source: StreamIO,
     source_side: Side,
-    sink: trio.abc.Stream,
+    sink: StreamIO,
     sink_side: Side,
     activity: Activity,
     copied_total: list[int],
@@ -72,10 +72,7 @@ async def pump(
     Raises:
         PeerBrokenError: either stream broke; `side` says which.
     """
-    # This pump is the only reader of `source` and the only writer of `sink`, as the socket
-    # fast path requires.
-    receive_some, _ = stream_io(source)
-    _, send_all = stream_io(sink)
+    receive_some, send_all = source.receive, sink.send
     copied = published = 0
     from_client = source_side is Side.CLIENT
     try:
@@ -96,7 +93,7 @@ async def pump(
                 activity.publish(fresh, 0) if from_client else activity.publish(0, fresh)
     finally:
         copied_total[0 if from_client else 1] += copied
-    await send_eof_quietly(sink)
+    await send_eof_quietly(sink.send_eof)
 
 
 async def relay_both_ways(
@@ -114,6 +111,9 @@ async def relay_both_ways(
         PeerBrokenError: a stream broke; its `side` says which.
     """
     idle = False
+    # Each pump is the only reader of its source and the only writer of its sink, as the
+    # socket fast path requires.
+    client_io, backend_io = stream_io(client), stream_io(backend)
 
     async def on_idle() -> None:
         nonlocal idle
@@ -123,9 +123,11 @@ async def relay_both_ways(
     try:
         async with trio.open_nursery() as nursery:
             activity.watch(nursery, on_idle)
-            nursery.start_soon(pump, backend, Side.BACKEND, client, Side.CLIENT, activity, copied)
+            nursery.start_soon(
+                pump, backend_io, Side.BACKEND, client_io, Side.CLIENT, activity, copied
+            )
             # In this task: one spawn fewer per connection.
-            await pump(client, Side.CLIENT, backend, Side.BACKEND, activity, copied)
+            await pump(client_io, Side.CLIENT, backend_io, Side.BACKEND, activity, copied)
     except BaseExceptionGroup as group:
         raise_first_error(group)
     finally:

@@ -26,11 +26,13 @@ import errno
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import trio
 
 Receive = Callable[[int], Awaitable[bytes | bytearray]]
 Send = Callable[[bytes | bytearray | memoryview], Awaitable[None]]
+SendEof = Callable[[], Awaitable[None]]
 
 # The errnos SocketStream reports as ClosedResourceError (trio/_highlevel_socket.py).
 _CLOSED_SOCKET_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
@@ -154,13 +156,22 @@ class SocketFastPath:
             await self._maybe_yield(sent)
 
 
-def stream_io(stream: trio.abc.Stream) -> tuple[Receive, Send]:
-    """`stream.receive_some` and `stream.send_all`, through the fast path if it is a
-    SocketStream; for a sole receiver and a sole sender."""
+class StreamIO(NamedTuple):
+    """A stream's receive, send and half-close, through the fast path where it applies."""
+
+    receive: Receive
+    send: Send
+    send_eof: SendEof | None  # None: the stream cannot half-close
+
+
+def stream_io(stream: trio.abc.Stream) -> StreamIO:
+    """For a sole receiver and a sole sender of `stream`."""
     fast = SocketFastPath.of(stream)
-    if fast is None:
-        return stream.receive_some, stream.send_all
-    return fast.receive_some, fast.send_all
+    if fast is not None:
+        return StreamIO(fast.receive_some, fast.send_all, fast.send_eof)
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        return StreamIO(stream.receive_some, stream.send_all, stream.send_eof)
+    return StreamIO(stream.receive_some, stream.send_all, None)
 
 
 async def connect_ip(family: socket.AddressFamily, address: tuple[str, int]) -> trio.SocketStream:
