@@ -72,7 +72,9 @@ class Session:
         self._relays = relays or RelayMemory()
         # An outbound STARTTLS read the relay's greeting; the client gets it first.
         self._backend_greeting = b""
-        self._accepted_at = trio.current_time()
+        # The run's clock, asked directly: trio.current_time() reaches it through three calls.
+        self._now = trio.lowlevel.current_clock().current_time
+        self._accepted_at = self._now()
         self._bytes_from_client = 0
         self._bytes_from_backend = 0
         self._peer_ip, self._peer = _peer(stream)
@@ -110,7 +112,7 @@ class Session:
                 reason,
                 self._bytes_from_client,
                 self._bytes_from_backend,
-                trio.current_time() - self._accepted_at,
+                self._now() - self._accepted_at,
             )
 
     async def _serve(self) -> CloseReason:
@@ -195,7 +197,7 @@ class Session:
         assert self._context is not None, "config validation guarantees a certificate"
         tls = TlsStream(self._raw, self._context, server_side=True, initial_data=initial_data)
         self._client = tls
-        started = trio.current_time()
+        started = self._now()
         try:
             # Not fail_at(): it is move_on_at() inside a generator-based context manager.
             with trio.move_on_at(deadline) as handshake:
@@ -223,7 +225,7 @@ class Session:
             cipher[0] if cipher else "",
             # Set by the SNI callback (tlsgate.tls.contexts.sni_callback).
             getattr(ssl_object, "tlsgate_sni", None) or "",
-            trio.current_time() - started,
+            self._now() - started,
             **client,
         )
         return tls
@@ -235,13 +237,13 @@ class Session:
 
     async def _start_tls_after_command(self, stream: trio.abc.Stream) -> trio.abc.Stream:
         assert stream is self._raw, "STARTTLS happens once, on the plaintext transport"
-        return await self._start_tls(b"", trio.current_time() + self.listener.handshake_timeout)
+        return await self._start_tls(b"", self._now() + self.listener.handshake_timeout)
 
     # ---- backend ----------------------------------------------------------------------------
 
     async def _connect_backend(self) -> bool:
         listener = self.listener
-        started = trio.current_time()
+        started = self._now()
         try:
             if self._backend_context is None:
                 stream, endpoint = await connect_backend(
@@ -264,7 +266,7 @@ class Session:
             # Only where the operator asked for it (backend_tls_fallback); never silent.
             self._observer.plaintext_fallback(connection.endpoint)
         self._observer.backend_connected(
-            trio.current_time() - started, connection.endpoint, tls_version=tls_version
+            self._now() - started, connection.endpoint, tls_version=tls_version
         )
         return True
 
