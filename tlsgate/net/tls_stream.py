@@ -403,12 +403,14 @@ class TlsStream(HalfCloseableStream):
             self._write_close_notify()
             await self._flush()
             if isinstance(self._transport, HalfCloseableStream):
-                async with self._send_lock:
-                    try:
-                        fast = self._fast_transport
-                        await (fast.send_eof() if fast is not None else self._transport.send_eof())
-                    except trio.ClosedResourceError as exc:
-                        raise self._broken_by_close(exc) from exc
+                await self._send_lock.take()  # the flush just passed a schedule point
+                try:
+                    fast = self._fast_transport
+                    await (fast.send_eof() if fast is not None else self._transport.send_eof())
+                except trio.ClosedResourceError as exc:
+                    raise self._broken_by_close(exc) from exc
+                finally:
+                    self._send_lock.release()
         finally:
             self._sending = False
 
