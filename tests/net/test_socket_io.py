@@ -128,3 +128,22 @@ async def test_bulk_calls_yield_every_time(pair: tuple[SocketFastPath, socket.so
         nursery.cancel_scope.cancel()
     # The scheduler runs the two tasks in either order within a batch: give or take one.
     assert turns >= 8 - 1
+
+
+async def test_after_a_short_read_data_already_waiting_is_still_read(
+    pair: tuple[SocketFastPath, socket.socket],
+) -> None:
+    # A short read makes the next receive wait for readiness first instead of trying recv:
+    # data that arrived in between must come back at once all the same.
+    fast, theirs = pair
+    theirs.sendall(b"first")
+    await trio.sleep(0.01)
+    assert await fast.receive_some(100) == b"first"
+    theirs.sendall(b"second")
+    await trio.sleep(0.01)
+    with trio.fail_after(1):
+        assert await fast.receive_some(100) == b"second"
+    theirs.shutdown(socket.SHUT_WR)
+    with trio.fail_after(1):
+        assert await fast.receive_some(100) == b""
+        assert await fast.receive_some(100) == b""

@@ -57,12 +57,16 @@ class SocketFastPath:
     """`receive_some` and `send_all` of one `trio.SocketStream`, with its semantics, except
     that a call that need not wait yields to other tasks only every few calls."""
 
-    __slots__ = ("_credit", "_sock", "_trio_socket")
+    __slots__ = ("_credit", "_drained", "_sock", "_trio_socket")
 
     def __init__(self, trio_socket: trio.socket.SocketType, sock: socket.socket) -> None:
         self._trio_socket = trio_socket
         self._sock = sock
         self._credit = SCHEDULE_CREDIT
+        # The last read returned less than it asked for: the socket was empty then, and a read
+        # right away would most likely only raise BlockingIOError (an interactive peer, a
+        # handshake's next flight). The next read waits for readiness first.
+        self._drained = False
 
     async def _maybe_yield(self, moved: int) -> None:
         self._credit -= 1 + (moved >> _BYTES_PER_CREDIT_SHIFT)
@@ -85,26 +89,30 @@ class SocketFastPath:
     async def receive_some(self, max_bytes: int) -> bytes:
         """`SocketStream.receive_some(max_bytes)` (max_bytes >= 1)."""
         sock = self._sock
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            data = sock.recv(max_bytes)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise _stream_error(exc) from exc
-        else:
-            await self._maybe_yield(len(data))
-            return data
-        self._credit = SCHEDULE_CREDIT
-        while True:
-            await trio.lowlevel.wait_readable(sock)
+        if not self._drained:
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                return sock.recv(max_bytes)
+                data = sock.recv(max_bytes)
             except BlockingIOError:
                 pass
             except OSError as exc:
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 raise _stream_error(exc) from exc
+            else:
+                self._drained = 0 < len(data) < max_bytes
+                await self._maybe_yield(len(data))
+                return data
+        self._credit = SCHEDULE_CREDIT
+        while True:
+            await trio.lowlevel.wait_readable(sock)  # a checkpoint
+            try:
+                data = sock.recv(max_bytes)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+            self._drained = 0 < len(data) < max_bytes
+            return data
 
     async def send_eof(self) -> None:
         """`SocketStream.send_eof()`, but a cancel point only, not a schedule point: a shutdown
