@@ -50,6 +50,8 @@ def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourc
 # or 256 KiB: a peer that is always ready cannot starve other sessions, and a relayed handshake
 # makes ~14 fewer trips through the scheduler. Cancellation is still checked on every call.
 SCHEDULE_CREDIT = 8
+# A read below this size (and below what was asked) counts as having emptied the socket.
+SMALL_READ_BYTES = 4096
 _BYTES_PER_CREDIT_SHIFT = 15
 
 
@@ -63,9 +65,10 @@ class SocketFastPath:
         self._trio_socket = trio_socket
         self._sock = sock
         self._credit = SCHEDULE_CREDIT
-        # The last read returned less than it asked for: the socket was empty then, and a read
-        # right away would most likely only raise BlockingIOError (an interactive peer, a
-        # handshake's next flight). The next read waits for readiness first.
+        # The last read was small and returned less than it asked for: the socket was empty
+        # then, and the next read, soon after, would most likely only raise BlockingIOError (an
+        # interactive peer, a handshake's next flight). It waits for readiness first. After a
+        # large read the caller is busy long enough for more data to arrive: it reads at once.
         self._drained = False
 
     async def _maybe_yield(self, moved: int) -> None:
@@ -99,7 +102,7 @@ class SocketFastPath:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise _stream_error(exc) from exc
             else:
-                self._drained = 0 < len(data) < max_bytes
+                self._drained = 0 < len(data) < min(max_bytes, SMALL_READ_BYTES)
                 await self._maybe_yield(len(data))
                 return data
         self._credit = SCHEDULE_CREDIT
@@ -111,7 +114,7 @@ class SocketFastPath:
                 continue
             except OSError as exc:
                 raise _stream_error(exc) from exc
-            self._drained = 0 < len(data) < max_bytes
+            self._drained = 0 < len(data) < min(max_bytes, SMALL_READ_BYTES)
             return data
 
     async def send_eof(self) -> None:
