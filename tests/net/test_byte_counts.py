@@ -27,6 +27,8 @@ class RelayUnderTest:
 
     published: list[tuple[int, int]] = field(default_factory=list)
     copied: list[int] = field(default_factory=lambda: [0, 0])
+    # How run() ended: whether the relay went idle, or the PeerBrokenError it raised.
+    outcome: list[bool | PeerBrokenError] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.activity = Activity(NEVER_IDLE_SECONDS, self._publish)
@@ -36,10 +38,15 @@ class RelayUnderTest:
     def _publish(self, c2b: int, b2c: int) -> None:
         self.published.append((c2b, b2c))
 
-    async def run(self) -> bool:
-        return await relay_both_ways(
-            self._proxy_client, self._proxy_backend, self.activity, self.copied
-        )
+    async def run(self) -> None:
+        try:
+            idle = await relay_both_ways(
+                self._proxy_client, self._proxy_backend, self.activity, self.copied
+            )
+        except PeerBrokenError as exc:
+            self.outcome.append(exc)
+        else:
+            self.outcome.append(idle)
 
     async def client_to_backend(self, size: int) -> None:
         await self.client.send_all(b"c" * size)
@@ -54,13 +61,8 @@ async def test_a_long_relay_publishes_as_it_goes_and_totals_stay_exact(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     relay = RelayUnderTest()
-    idle: list[bool] = []
-
-    async def run() -> None:
-        idle.append(await relay.run())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run)
+        nursery.start_soon(relay.run)
         await relay.client_to_backend(1000)
         assert relay.published == []  # not due yet: nothing is published per chunk
         mock_clock.jump(PUBLISH_INTERVAL_SECONDS + 1)
@@ -73,7 +75,7 @@ async def test_a_long_relay_publishes_as_it_goes_and_totals_stay_exact(
         await relay.client_to_backend(50)  # after the last publish: left for the close
         await relay.client.send_eof()
         await relay.backend.send_eof()
-    assert (relay.copied, idle) == ([1550, 500], [False])
+    assert (relay.copied, relay.outcome) == ([1550, 500], [False])
     assert relay.published == [(1500, 0), (0, 500)]
 
 
@@ -81,21 +83,15 @@ async def test_a_relay_cut_short_still_reports_every_byte_it_copied(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     relay = RelayUnderTest()
-    broke: list[PeerBrokenError] = []
-
-    async def run() -> None:
-        try:
-            await relay.run()
-        except PeerBrokenError as exc:
-            broke.append(exc)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run)
+        nursery.start_soon(relay.run)
         await relay.client_to_backend(700)
         mock_clock.jump(PUBLISH_INTERVAL_SECONDS + 1)
         await relay.client_to_backend(300)
         await relay.backend.aclose()  # the backend goes away: the next chunk cannot be delivered
         await relay.client.send_all(b"lost")
-    assert [exc.side for exc in broke] == [Side.BACKEND]
+    (ended,) = relay.outcome
+    assert isinstance(ended, PeerBrokenError)
+    assert ended.side is Side.BACKEND
     assert relay.published == [(1000, 0)]
     assert relay.copied == [1000, 0]  # what was delivered, published or not, and nothing more
