@@ -8,9 +8,11 @@ sits behind a bounded select loop, and every loop is bounded in time and count.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import os
+import random
 import selectors
 import socket
 import ssl
@@ -24,6 +26,7 @@ IO_TIMEOUT = 20.0
 SEND_CHUNK = 256 * 1024
 CLOSE_TIMEOUT = 5.0  # for the relay to close after our close_notify
 DRAIN_SECONDS = 3.0  # after a handshake window, time for the connections in flight to finish
+MAX_MESSAGES_PER_SESSION = 1000  # bounds smtp_data's loop whatever ``seconds`` says
 
 
 def client_context() -> ssl.SSLContext:
@@ -335,20 +338,57 @@ def close_all(socks: list[ssl.SSLSocket]) -> None:
 # --- SMTP ------------------------------------------------------------------------------------
 
 
-def make_message(size: int) -> bytes:
-    """A dot-stuffed DATA payload of about ``size`` bytes, ending with CRLF.CRLF.
+def _dot_stuff(body: bytes) -> bytes:
+    """RFC 5321 §4.5.2 transparency, and the terminator: ``body`` must end with CRLF."""
+    stuffed = (b"." + body if body.startswith(b".") else body).replace(b"\r\n.", b"\r\n..")
+    return stuffed + b".\r\n"
 
-    Every 16th line starts with a dot, so that dot-stuffing is exercised. The stuffing is
-    done here, before any timing.
+
+def make_message(size: int) -> bytes:
+    """A dot-stuffed DATA payload of about ``size`` bytes of text, ending with CRLF.CRLF.
+
+    Every line is text, so the mediator's end-of-body search has to look at every line start:
+    the costly case. Every 16th line starts with a dot, so that dot-stuffing is exercised. The
+    stuffing is done here, before any timing.
     """
     lines = []
     for i in range(4096):
         text = f"line {i:05d} " + "the quick brown fox jumps over the lazy dog 0123456789 "
         lines.append(("." if i % 16 == 0 else "") + text[:70] + "\r\n")
     block = "".join(lines).encode("ascii")
-    body = block * max(1, size // len(block))
-    stuffed = (b"." + body if body.startswith(b".") else body).replace(b"\r\n.", b"\r\n..")
-    return stuffed + b".\r\n"
+    return _dot_stuff(block * max(1, size // len(block)))
+
+
+def make_mime_message(size: int) -> bytes:
+    """A dot-stuffed DATA payload of about ``size`` bytes shaped as large mail is: headers, a
+    short text part (with a line that starts with a dot) and an attachment in base64 (RFC 2045:
+    lines of 76 characters). The attachment is random bytes from a fixed seed."""
+    raw = random.Random(2045).randbytes(size * 3 // 4)
+    encoded = base64.encodebytes(raw).replace(b"\n", b"\r\n")  # 76 characters a line
+    boundary = b"=_bench_boundary_7f3a"
+    head = b"\r\n".join(
+        [
+            b"From: Bench Client <bench@client.invalid>",
+            b"To: <sink@sink.invalid>",
+            b"Subject: quarterly figures, as promised",
+            b"MIME-Version: 1.0",
+            b'Content-Type: multipart/mixed; boundary="' + boundary + b'"',
+            b"",
+            b"--" + boundary,
+            b"Content-Type: text/plain; charset=us-ascii",
+            b"",
+            b"Hello. The figures are attached, see figures.bin.",
+            b".. and a line that starts with a dot, so the body is dot-stuffed.",
+            b"Regards, the bench.",
+            b"",
+            b"--" + boundary,
+            b'Content-Type: application/octet-stream; name="figures.bin"',
+            b"Content-Transfer-Encoding: base64",
+            b"",
+            b"",
+        ]
+    )
+    return _dot_stuff(head + encoded + b"--" + boundary + b"--\r\n")
 
 
 class _SmtpLink:
@@ -407,14 +447,16 @@ def smtp_data(
     message: bytes,
     *,
     starttls: bool,
+    seconds: float = 0.0,
     on_window: Callable[[str], None] | None = None,
 ) -> float:
-    """One SMTP session carrying ``message`` (dot-stuffed, with its terminator). Return MB/s
-    of the DATA phase: from the first body byte sent to the 250 reply received.
+    """One SMTP session carrying ``message`` (dot-stuffed, with its terminator), again and
+    again until the DATA phases add up to ``seconds`` (at least once). Return MB/s of the DATA
+    phases: each from the first body byte sent to the 250 reply received.
 
     ``starttls=True``: a plaintext session that upgrades with STARTTLS (submission, port 587).
     ``starttls=False``: TLS from the first byte (SMTPS, port 465). ``on_window("start")`` and
-    ``on_window("end")`` are called at the edges of the DATA phase.
+    ``on_window("end")`` are called before the first DATA and after the last 250.
     """
     link = _SmtpLink(port, implicit_tls=not starttls)
     try:
@@ -426,20 +468,26 @@ def smtp_data(
             link.command(b"STARTTLS", 220)
             link.start_tls()
             link.command(b"EHLO bench.client.invalid", 250)
-        link.command(b"MAIL FROM:<bench@client.invalid>", 250)
-        link.command(b"RCPT TO:<sink@sink.invalid>", 250)
-        link.command(b"DATA", 354)
         if on_window:
             on_window("start")
-        start = time.perf_counter()
-        link.send(message)
-        lines = link.command(b"", 250)
-        elapsed = time.perf_counter() - start
+        elapsed = 0.0
+        sent = 0
+        for _ in range(MAX_MESSAGES_PER_SESSION):
+            link.command(b"MAIL FROM:<bench@client.invalid>", 250)
+            link.command(b"RCPT TO:<sink@sink.invalid>", 250)
+            link.command(b"DATA", 354)
+            start = time.perf_counter()
+            link.send(message)
+            lines = link.command(b"", 250)
+            elapsed += time.perf_counter() - start
+            if str(len(message)).encode() not in lines[-1]:
+                raise ConnectionError(f"SMTP: the sink got a different size: {lines[-1]!r}")
+            sent += len(message)
+            if elapsed >= seconds:
+                break
         if on_window:
             on_window("end")
-        if str(len(message)).encode() not in lines[-1]:
-            raise ConnectionError(f"SMTP: the sink got a different size: {lines[-1]!r}")
         link.command(b"QUIT", 221)
     finally:
         link.close()
-    return len(message) / elapsed / 1e6
+    return sent / elapsed / 1e6

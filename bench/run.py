@@ -303,24 +303,33 @@ def test_handshakes(b: Bench) -> None:
 
 
 def test_smtp(b: Bench) -> None:
-    """One DATA of ``--smtp-mib`` per session: SMTPS on every relay, STARTTLS on tlsgate."""
-    message = clients.make_message(int(b.args.smtp_mib * 1024 * 1024))
-    log(f"smtp: {b.args.runs} run(s) of one {len(message) / 2**20:.0f} MiB DATA per listener")
+    """DATA of ``--smtp-mib`` messages for ``--smtp-seconds`` per session: SMTPS on every relay,
+    STARTTLS on tlsgate, with a text message and (STARTTLS only) a MIME one."""
+    size = int(b.args.smtp_mib * 1024 * 1024)
+    text, mime = clients.make_message(size), clients.make_mime_message(size)
+    log(
+        f"smtp: {b.args.runs} run(s) per listener of {b.args.smtp_seconds:g} s of DATA, "
+        f"{len(text) / 2**20:.0f} MiB messages"
+    )
 
-    def session(p: Proxy, port: int, starttls: bool) -> tuple[float, CpuUse]:
+    def session(p: Proxy, port: int, message: bytes, starttls: bool) -> tuple[float, CpuUse]:
         marks: dict[str, CpuSample] = {}
 
         def mark(edge: str) -> None:
             marks[edge] = b.sample(p)
 
-        mbps = clients.smtp_data(port, message, starttls=starttls, on_window=mark)
-        return mbps, CpuUse.between(marks["start"], marks["end"])  # the DATA phase only
+        mbps = clients.smtp_data(
+            port, message, starttls=starttls, seconds=b.args.smtp_seconds, on_window=mark
+        )
+        return mbps, CpuUse.between(marks["start"], marks["end"])  # the DATA phases only
 
     for _ in range(b.args.runs):
         for p in b.live():
-            b.measure("smtp_implicit", p, partial(session, p, p.ports["smtps"], False))
+            b.measure("smtp_implicit", p, partial(session, p, p.ports["smtps"], text, False))
             if "submission" in p.ports:
-                b.measure("smtp_starttls", p, partial(session, p, p.ports["submission"], True))
+                port = p.ports["submission"]
+                b.measure("smtp_starttls", p, partial(session, p, port, text, True))
+                b.measure("smtp_starttls_mime", p, partial(session, p, port, mime, True))
 
 
 def test_idle(b: Bench) -> None:
@@ -618,7 +627,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="seconds of the workers test's 4-connection upload (2; --quick 1.5)",
     )
-    add("--smtp-mib", type=float, default=50.0, help="SMTP DATA body, MiB (%(default)s)")
+    add("--smtp-mib", type=float, default=50.0, help="SMTP DATA message, MiB (%(default)s)")
+    add("--smtp-seconds", type=float, help="seconds of DATA per SMTP session (5; --quick 1.5)")
     add(
         "--hs-client",
         choices=("lean", "openssl"),
@@ -656,6 +666,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--keep-logs", action="store_true", help="copy the relays' logs beside the JSON")
     args = ap.parse_args(argv)
     args.seconds = args.seconds or (1.5 if args.quick else 5.0)
+    args.smtp_seconds = args.smtp_seconds or (1.5 if args.quick else 5.0)
     args.hs_seconds = args.hs_seconds or (1.5 if args.quick else 2.0)
     args.runs = args.runs or (1 if args.quick else 3)
     args.lat_count = args.lat_count or (300 if args.quick else 600)
@@ -822,7 +833,8 @@ def print_report(
     print(
         f"  bulk {args.runs} x {args.seconds:g} s each way; handshakes {args.runs} x "
         f"{args.hs_seconds:g} s, {args.concurrency} concurrent, {args.hs_client} client; "
-        f"{args.idle_conns} idle connections; DATA {args.smtp_mib:g} MiB x {args.runs}"
+        f"{args.idle_conns} idle connections; DATA {args.runs} x {args.smtp_seconds:g} s "
+        f"of {args.smtp_mib:g} MiB messages"
     )
     print(
         f"  latency {args.runs} x ({args.lat_count} NOOPs in 1 session; {args.lat_sessions} "
