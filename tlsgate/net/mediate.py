@@ -138,6 +138,9 @@ class MediationRunner:
                 # drop the connection without a TLS close_notify: the session was complete.
                 if exc.side is not Side.CLIENT or not self._backend_finished:
                     raise
+        finally:
+            # The reaper holds `_on_idle`, and through it this whole session, until forgotten.
+            self._activity.forget()
         if self._switch_to_relay:
             await self._relay()
         return self.close_reason

@@ -268,7 +268,6 @@ class Server:
                     loops.start_soon(self._accept_loop, listener_socket, entry)
 
     async def _accept_loop(self, listener_socket: trio.SocketListener, entry: _Listening) -> None:
-        assert self._handlers is not None
         fast = ListenerFastPath.of(listener_socket)
         accept = fast.accept if fast is not None else listener_socket.accept
         while True:
@@ -284,32 +283,40 @@ class Server:
                 )
                 await trio.sleep(ACCEPT_BACKOFF_SECONDS)
                 continue
-            # Read at accept time, kept by the session to its end (see the module docstring).
-            listener = entry.config
-            if self._over_limit(listener):
-                self._refuse(stream, listener)
-                continue
-            assert self._tls is not None
-            context = self._tls.context_for(listener.name)
-            implicit = listener.tls is TlsMode.IMPLICIT
-            session = Session(
-                stream,
-                listener,
-                context,
-                self._log,
-                conn_id=f"{next(self._connection_ids):x}",
-                backend_context=self._tls.backend_context_for(listener.name),
-                relays=self._relays,
-                metrics=self.metrics.listener(listener),
-                handshake_slots=self._handshake_slots,
-                holds_handshake_slot=implicit,
-            )
-            if implicit:
-                # While no slot is free this loop accepts nothing: the backlog holds the rest.
-                await self._handshake_slots.take(session)
-            self._open += 1
-            self._open_by_listener[listener.name] = self._open_by_listener.get(listener.name, 0) + 1
-            self._handlers.start_soon(self._run_session, session)
+            await self._start_session(stream, entry.config)
+
+    async def _start_session(self, stream: trio.SocketStream, listener: ListenerConfig) -> None:
+        """Refuse `stream` or start its session; a method of its own so that no accept loop
+        local keeps the last session alive after it ends.
+
+        `listener` is read at accept time and kept by the session to its end (see the module
+        docstring).
+        """
+        assert self._handlers is not None
+        if self._over_limit(listener):
+            self._refuse(stream, listener)
+            return
+        assert self._tls is not None
+        context = self._tls.context_for(listener.name)
+        implicit = listener.tls is TlsMode.IMPLICIT
+        session = Session(
+            stream,
+            listener,
+            context,
+            self._log,
+            conn_id=f"{next(self._connection_ids):x}",
+            backend_context=self._tls.backend_context_for(listener.name),
+            relays=self._relays,
+            metrics=self.metrics.listener(listener),
+            handshake_slots=self._handshake_slots,
+            holds_handshake_slot=implicit,
+        )
+        if implicit:
+            # While no slot is free the accept loop accepts nothing: the backlog holds the rest.
+            await self._handshake_slots.take(session)
+        self._open += 1
+        self._open_by_listener[listener.name] = self._open_by_listener.get(listener.name, 0) + 1
+        self._handlers.start_soon(self._run_session, session)
 
     async def _run_session(self, session: Session) -> None:
         try:

@@ -1,0 +1,143 @@
+"""A finished session is freed at once, whatever protocol it spoke and however it ended.
+
+Nothing may keep a closed session's objects (its TLS state, buffers, mediator) alive until its
+idle timeout: on a busy server that is thousands of dead sessions held for minutes, and every
+garbage collection walks them. The clients are real (smtplib, poplib, ssl).
+"""
+
+from __future__ import annotations
+
+import gc
+import poplib
+import smtplib
+import socket
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import CertFiles
+from tests.helpers.gateway import (
+    POP3_BACKEND,
+    SMTP_BACKEND,
+    Gateway,
+    ListenerSpec,
+    running_gateway,
+)
+from tlsgate.net.session import Session
+
+CLIENT_TIMEOUT_SECONDS = 10.0
+FREED_WITHIN_SECONDS = 5.0  # the sessions' own close; generous for these machines
+
+LISTENERS: list[ListenerSpec] = [
+    # An idle timeout far beyond the test: a session held until then would be caught.
+    {
+        "name": "submission",
+        "protocol": "smtp",
+        "tls": "starttls",
+        "backend": SMTP_BACKEND,
+        "idle_timeout": 3600,
+    },
+    {
+        "name": "pop3",
+        "protocol": "pop3",
+        "tls": "starttls",
+        "backend": POP3_BACKEND,
+        "idle_timeout": 3600,
+    },
+    {
+        "name": "smtps-relay",
+        "protocol": "tcp",
+        "tls": "implicit",
+        "backend": SMTP_BACKEND,
+        "idle_timeout": 3600,
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def gateway(cert_files: CertFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with running_gateway(
+        LISTENERS,
+        **cert_files.gateway_files(),
+        source=tmp_path_factory.mktemp("session-memory") / "tlsgate.toml",
+    ) as running:
+        yield running
+
+
+class SessionProbe:
+    """Counts the Sessions created while installed, and tracks which are still alive."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.created = 0
+        self.alive: weakref.WeakSet[Session] = weakref.WeakSet()
+        original = Session.__init__
+
+        def recording_init(session: Session, *args: Any, **kwargs: Any) -> None:
+            original(session, *args, **kwargs)
+            self.created += 1
+            self.alive.add(session)
+
+        monkeypatch.setattr(Session, "__init__", recording_init)
+
+
+@pytest.fixture
+def sessions(monkeypatch: pytest.MonkeyPatch) -> SessionProbe:
+    return SessionProbe(monkeypatch)
+
+
+def smtp_quit(gateway: Gateway, cert_files: CertFiles) -> None:
+    with smtplib.SMTP(
+        "127.0.0.1", gateway.port("submission"), timeout=CLIENT_TIMEOUT_SECONDS
+    ) as client:
+        client.starttls(context=cert_files.client_context())
+        client.ehlo()
+        assert client.noop()[0] == 250
+
+
+def smtp_dropped(gateway: Gateway, cert_files: CertFiles) -> None:
+    """STARTTLS, a command, then the TCP connection closes: no QUIT, no close_notify."""
+    client = smtplib.SMTP("127.0.0.1", gateway.port("submission"), timeout=CLIENT_TIMEOUT_SECONDS)
+    client.starttls(context=cert_files.client_context())
+    assert client.noop()[0] == 250
+    client.close()
+
+
+def pop3_quit(gateway: Gateway, cert_files: CertFiles) -> None:
+    client = poplib.POP3("127.0.0.1", gateway.port("pop3"), timeout=CLIENT_TIMEOUT_SECONDS)
+    client.stls(context=cert_files.client_context())
+    assert "USER" in client.capa()
+    client.quit()
+
+
+def implicit_relay(gateway: Gateway, cert_files: CertFiles) -> None:
+    context = cert_files.client_context()
+    raw = socket.create_connection(("127.0.0.1", gateway.port("smtps-relay")))
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.settimeout(CLIENT_TIMEOUT_SECONDS)
+        assert tls.recv(100).startswith(b"220")
+        tls.sendall(b"QUIT\r\n")
+        assert tls.recv(100).startswith(b"221")
+
+
+@pytest.mark.parametrize(
+    "client",
+    [smtp_quit, smtp_dropped, pop3_quit, implicit_relay],
+    ids=["smtp-quit", "smtp-dropped", "pop3-quit", "implicit-relay"],
+)
+def test_a_finished_session_is_freed_at_once(
+    gateway: Gateway,
+    cert_files: CertFiles,
+    sessions: SessionProbe,
+    client: Callable[[Gateway, CertFiles], None],
+) -> None:
+    for _ in range(3):
+        client(gateway, cert_files)
+    assert sessions.created == 3
+    deadline = time.monotonic() + FREED_WITHIN_SECONDS
+    while sessions.alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()  # a reference cycle alone would not count as holding a session
+    assert len(sessions.alive) == 0
