@@ -1,14 +1,16 @@
-"""SocketFastPath: SocketStream's semantics on real socket pairs, and its schedule credit."""
+"""SocketFastPath: SocketStream's semantics on real socket pairs, and its schedule credit;
+connect_ip on real loopback connects."""
 
 from __future__ import annotations
 
+import errno
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
 
-from tlsgate.net.socket_io import SCHEDULE_CREDIT, SocketFastPath
+from tlsgate.net.socket_io import SCHEDULE_CREDIT, SocketFastPath, connect_ip
 
 
 @pytest.fixture
@@ -147,3 +149,57 @@ async def test_after_a_short_read_data_already_waiting_is_still_read(
     with trio.fail_after(1):
         assert await fast.receive_some(100) == b""
         assert await fast.receive_some(100) == b""
+
+
+# --- connect_ip ----------------------------------------------------------------------------
+
+
+async def test_connect_ip_to_a_listener_gives_a_working_stream() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with trio.fail_after(2):
+            stream = await connect_ip(socket.AF_INET, listener.getsockname())
+        peer, _ = listener.accept()
+        with peer:
+            async with stream:
+                await stream.send_all(b"hello")
+                assert peer.recv(100) == b"hello"
+                peer.sendall(b"there")
+                with trio.fail_after(2):
+                    assert await stream.receive_some(100) == b"there"
+
+
+async def test_connect_ip_to_a_closed_port_is_refused() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = listener.getsockname()
+    with trio.fail_after(2), pytest.raises(ConnectionRefusedError) as refused:
+        await connect_ip(socket.AF_INET, address)
+    assert refused.value.errno == errno.ECONNREFUSED
+
+
+@pytest.fixture
+def full_listener() -> Iterator[tuple[str, int]]:
+    """A listener whose accept queue is full: the kernel drops further SYNs, so a connect to
+    it stays in progress (the slow path, where connect_ip waits)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        queued: list[socket.socket] = []
+        try:
+            for _ in range(4):  # listen(0) still queues one or two; fill it for sure
+                client = socket.socket()
+                client.setblocking(False)
+                client.connect_ex(address)
+                queued.append(client)
+            yield address
+        finally:
+            for client in queued:
+                client.close()
+
+
+async def test_connect_ip_still_in_progress_waits_and_can_be_cancelled(
+    full_listener: tuple[str, int],
+) -> None:
+    with trio.move_on_after(0.3) as waiting:
+        await connect_ip(socket.AF_INET, full_listener)
+    assert waiting.cancelled_caught
