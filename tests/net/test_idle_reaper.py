@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
+import pytest
 import trio
 import trio.testing
 
-from tlsgate.net.activity import Activity
+from tlsgate.net.activity import Activity, OnIdle
 
 
 async def test_each_session_goes_idle_at_its_own_deadline_unless_data_moves(
@@ -17,20 +21,16 @@ async def test_each_session_goes_idle_at_its_own_deadline_unless_data_moves(
 
     async def session(name: str, idle_timeout: float, touches_at: tuple[float, ...]) -> None:
         activity = Activity(idle_timeout)
-        try:
-            async with trio.open_nursery() as nursery:
 
-                async def on_idle() -> None:
-                    went_idle[name] = trio.current_time() - started
-                    nursery.cancel_scope.cancel()
+        async def on_idle(nursery: trio.Nursery) -> None:
+            went_idle[name] = trio.current_time() - started
+            nursery.cancel_scope.cancel()
 
-                activity.watch(nursery, on_idle)
-                for at in touches_at:
-                    await trio.sleep_until(started + at)
-                    activity.touch()
-                await trio.sleep_forever()
-        finally:
-            activity.forget()
+        async with activity.watched_nursery(on_idle):
+            for at in touches_at:
+                await trio.sleep_until(started + at)
+                activity.touch()
+            await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session, "long", 300.0, ())
@@ -40,18 +40,46 @@ async def test_each_session_goes_idle_at_its_own_deadline_unless_data_moves(
     assert went_idle == {"short": 1.0, "kept busy": 22.0, "medium": 30.0, "long": 300.0}
 
 
-async def test_a_session_that_forgets_is_never_reaped(
+class Session:
+    """What a session's `on_idle` drags along: the reaper must not keep it alive."""
+
+    async def on_idle(self, _nursery: trio.Nursery) -> None:
+        raise AssertionError("reaped after its nursery closed")
+
+
+async def test_a_closed_nursery_lets_go_of_its_session(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     del autojump_clock
-    reaped: list[str] = []
-    activity = Activity(1.0)
-    async with trio.open_nursery() as nursery:
+    activity, session = Activity(1.0), Session()
+    async with activity.watched_nursery(session.on_idle):
+        pass
+    still_held = weakref.ref(session)
+    del session
+    gc.collect()
+    assert still_held() is None
+    await trio.sleep(5.0)  # past the deadline: nothing is started
 
-        async def on_idle() -> None:
-            reaped.append("reaped")
 
-        activity.watch(nursery, on_idle)
-        activity.forget()
-        await trio.sleep(5.0)
-    assert reaped == []
+async def test_a_nursery_that_ends_with_an_error_lets_go_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    del autojump_clock
+    activity, session = Activity(1.0), Session()
+    with pytest.raises(ExceptionGroup) as raised:
+        await _run_with_a_broken_pump(activity, session.on_idle)
+    assert raised.group_contains(ValueError)
+    still_held = weakref.ref(session)
+    del session, raised
+    gc.collect()
+    assert still_held() is None
+
+
+async def _run_with_a_broken_pump(activity: Activity, on_idle: OnIdle) -> None:
+    async with activity.watched_nursery(on_idle) as nursery:
+        nursery.start_soon(_fail)
+        await trio.sleep_forever()
+
+
+async def _fail() -> None:
+    raise ValueError("a pump broke")

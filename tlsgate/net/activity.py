@@ -10,9 +10,10 @@ Idle timeouts are enforced by one reaper task per trio run, not by a watchdog ta
 a task spawned, cancelled and reaped per connection cost 5% of the instructions of a relayed
 handshake (bench/instructions.py). The reaper sleeps until the earliest deadline any watched
 session could have (`last` + its idle timeout); when it wakes, it starts the `on_idle` of every
-session past its deadline in that session's nursery and sleeps until the next one. A session
-registers while its nursery runs and leaves on the way out; registering costs a dict insert,
-and moves the reaper's wake-up only if the new deadline comes before it.
+session past its deadline in that session's nursery and sleeps until the next one. A session is
+registered exactly while its nursery is open (`Activity.watched_nursery`), so the reaper cannot
+keep a finished session alive; registering costs a dict insert, and moves the reaper's wake-up
+only if the new deadline comes before it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 
 import trio
 
@@ -28,7 +30,7 @@ PUBLISH_INTERVAL_SECONDS = 5.0
 
 # Receives (bytes client to backend, bytes backend to client) moved since its last call.
 Publish = Callable[[int, int], None]
-OnIdle = Callable[[], Awaitable[None]]
+OnIdle = Callable[[trio.Nursery], Awaitable[None]]
 
 
 def _discard(_c2b: int, _b2c: int) -> None:
@@ -59,14 +61,41 @@ class Activity:
         self._publish_at = self.last + PUBLISH_INTERVAL_SECONDS
         self._publish(bytes_c2b, bytes_b2c)
 
-    def watch(self, nursery: trio.Nursery, on_idle: OnIdle) -> None:
-        """From now on, start `on_idle` in `nursery` (once) when nothing has moved for the idle
-        timeout. Call `forget()` when `nursery` has closed (in a `finally` around it)."""
-        _IdleReaper.of_this_run().watch(self, nursery, on_idle)
+    def watched_nursery(self, on_idle: OnIdle) -> WatchedNursery:
+        """`async with activity.watched_nursery(on_idle) as nursery:` a trio nursery in which
+        `on_idle(nursery)` is started (once) when nothing has moved for the idle timeout.
 
-    def forget(self) -> None:
-        """Stop watching (nothing happens if not watched)."""
-        _IdleReaper.of_this_run().forget(self)
+        The reaper lets go of the session when the nursery has closed, however it closes: what
+        it holds (`on_idle`, and through it the whole session) must not outlive the session.
+        """
+        return WatchedNursery(self, on_idle)
+
+
+class WatchedNursery:
+    """`Activity.watched_nursery()`: a nursery, registered with the reaper while it is open."""
+
+    __slots__ = ("_activity", "_manager", "_on_idle")
+
+    def __init__(self, activity: Activity, on_idle: OnIdle) -> None:
+        self._activity = activity
+        self._on_idle = on_idle
+        self._manager = trio.open_nursery()
+
+    async def __aenter__(self) -> trio.Nursery:
+        nursery = await self._manager.__aenter__()
+        _IdleReaper.of_this_run().watch(self._activity, nursery, self._on_idle)
+        return nursery
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        try:
+            return await self._manager.__aexit__(exc_type, exc, traceback)
+        finally:
+            _IdleReaper.of_this_run().forget(self._activity)
 
 
 class _IdleReaper:
@@ -118,8 +147,8 @@ class _IdleReaper:
                 earliest = deadline
         for activity in expired:
             nursery, on_idle = self._watched.pop(activity)
-            # A system task must never raise (it would end the whole run): a session that
-            # failed to forget its closed nursery loses only its own idle timeout.
+            # A system task must never raise (it would end the whole run); a nursery that is
+            # closing but not yet forgotten refuses new tasks, and its session is ending anyway.
             with contextlib.suppress(RuntimeError):
-                nursery.start_soon(on_idle)
+                nursery.start_soon(on_idle, nursery)
         return earliest

@@ -126,8 +126,7 @@ class MediationRunner:
     async def _run(self, initial_client_data: bytes, initial_backend_data: bytes) -> CloseReason:
         try:
             with self._cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    self._activity.watch(nursery, self._on_idle)
+                async with self._activity.watched_nursery(self._on_idle) as nursery:
                     nursery.start_soon(self._read_backend, initial_backend_data)
                     await self._read_client(initial_client_data)  # one spawn fewer
         except BaseExceptionGroup as group:
@@ -138,9 +137,6 @@ class MediationRunner:
                 # drop the connection without a TLS close_notify: the session was complete.
                 if exc.side is not Side.CLIENT or not self._backend_finished:
                     raise
-        finally:
-            # The reaper holds `_on_idle`, and through it this whole session, until forgotten.
-            self._activity.forget()
         if self._switch_to_relay:
             await self._relay()
         return self.close_reason
@@ -190,7 +186,7 @@ class MediationRunner:
         )
         self._published_from_client, self._published_from_backend = from_client, from_backend
 
-    async def _on_idle(self) -> None:
+    async def _on_idle(self, _nursery: trio.Nursery) -> None:
         with trio.move_on_after(GOODBYE_SEND_TIMEOUT_SECONDS):
             await self._dispatch(IdleTimeout())
         self.close_reason = CloseReason.IDLE_TIMEOUT

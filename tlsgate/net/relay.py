@@ -115,14 +115,13 @@ async def relay_both_ways(
     # socket fast path requires.
     client_io, backend_io = stream_io(client), stream_io(backend)
 
-    async def on_idle() -> None:
+    async def on_idle(nursery: trio.Nursery) -> None:
         nonlocal idle
         idle = True
         nursery.cancel_scope.cancel()
 
     try:
-        async with trio.open_nursery() as nursery:
-            activity.watch(nursery, on_idle)
+        async with activity.watched_nursery(on_idle) as nursery:
             nursery.start_soon(
                 pump, backend_io, Side.BACKEND, client_io, Side.CLIENT, activity, copied
             )
@@ -130,8 +129,6 @@ async def relay_both_ways(
             await pump(client_io, Side.CLIENT, backend_io, Side.BACKEND, activity, copied)
     except BaseExceptionGroup as group:
         raise_first_error(group)
-    finally:
-        activity.forget()
     return idle
 
 
