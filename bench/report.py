@@ -336,6 +336,28 @@ def bottlenecks(results: Results, names: list[str]) -> str:
     return _markdown(rows, left=2) if len(rows) > 1 else ""
 
 
+def paired_ratios(results: Results) -> list[str]:
+    """tlsgate/stunnel run by run, for each figure both have several runs of.
+
+    Within a run the relays are measured one after the other, so the two values of a run share
+    the machine's state of the moment. The median of the per-run ratios moves less with the
+    machine's drift than the table's ratio of two medians; both are honest, and they differ by
+    what the machine did.
+    """
+    out = []
+    for m in METRICS:
+        ours, ref = results.series[m.key].get("tlsgate"), results.series[m.key].get("stunnel")
+        if m.section != "relays" or not ours or not ref or len(ours.values) < 2:
+            continue
+        if len(ours.values) != len(ref.values):
+            continue  # a failed run on one side: the runs no longer pair up
+        ratios = [a / b for a, b in zip(ours.values, ref.values, strict=True) if b]
+        if ratios:
+            runs = ", ".join(f"{r:.2f}" for r in ratios)
+            out.append(f"- {m.label.strip()}: {statistics.median(ratios):.2f}x (runs {runs})")
+    return out
+
+
 def run_details(results: Results, names: list[str]) -> list[str]:
     out = []
     for m in METRICS:

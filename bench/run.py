@@ -73,6 +73,7 @@ from report import (
     bottlenecks,
     cpu_note,
     notes,
+    paired_ratios,
     run_details,
     table,
     workers_table,
@@ -859,6 +860,11 @@ def print_report(
     if check:
         print("\nWhich side limited each figure (median CPU use during the runs, % of one core):")
         print(check)
+    paired = paired_ratios(results)
+    if paired:
+        print("\ntlsgate/stunnel run by run (the median of the per-run ratios; a run measures both")
+        print("relays back to back, so a pair shares the machine's state of the moment):")
+        print("\n".join(paired))
     details = run_details(results, names)
     if details:
         print("\nRuns and errors:")
