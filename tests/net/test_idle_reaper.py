@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from tlsgate.net.activity import Activity, OnIdle
+from tlsgate.net.activity import REAPER_MIN_INTERVAL_SECONDS, Activity, OnIdle, _IdleReaper
 
 
 async def test_each_session_goes_idle_at_its_own_deadline_unless_data_moves(
@@ -38,6 +38,45 @@ async def test_each_session_goes_idle_at_its_own_deadline_unless_data_moves(
         nursery.start_soon(session, "kept busy", 10.0, (4.0, 8.0, 12.0))
         nursery.start_soon(session, "medium", 30.0, ())
     assert went_idle == {"short": 1.0, "kept busy": 22.0, "medium": 30.0, "long": 300.0}
+
+
+async def test_sessions_that_go_idle_together_are_reaped_in_a_few_scans(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst of 1,000 sessions opened 1 ms apart: woken at each one's deadline, the reaper
+    # would scan all of them 1,000 times (quadratic). Each may be ended at most the reaper's
+    # interval late, and no earlier than its deadline.
+    del autojump_clock
+    scans = 0
+    expire = _IdleReaper._expire
+
+    def counted_expire(reaper: _IdleReaper, now: float) -> float:
+        nonlocal scans
+        scans += 1
+        return expire(reaper, now)
+
+    monkeypatch.setattr(_IdleReaper, "_expire", counted_expire)
+    late: list[float] = []
+
+    async def session(opens_after: float) -> None:
+        await trio.sleep(opens_after)
+        activity = Activity(10.0)
+        deadline = trio.current_time() + 10.0
+
+        async def on_idle(nursery: trio.Nursery) -> None:
+            late.append(trio.current_time() - deadline)
+            nursery.cancel_scope.cancel()
+
+        async with activity.watched_nursery(on_idle):
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(1000):
+            nursery.start_soon(session, i * 0.001)
+    assert len(late) == 1000
+    assert min(late) >= 0
+    assert max(late) <= REAPER_MIN_INTERVAL_SECONDS
+    assert scans <= 5  # 1 s of deadlines: a scan per half second, and the first
 
 
 class Session:

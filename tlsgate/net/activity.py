@@ -28,6 +28,9 @@ import trio
 # How often a session that keeps moving data publishes its byte counts (issue 7 §1).
 PUBLISH_INTERVAL_SECONDS = 5.0
 
+# The reaper scans no more often than this; an idle session is ended at most this late.
+REAPER_MIN_INTERVAL_SECONDS = 0.5
+
 # Receives (bytes client to backend, bytes backend to client) moved since its last call.
 Publish = Callable[[int, int], None]
 OnIdle = Callable[[trio.Nursery], Awaitable[None]]
@@ -133,7 +136,13 @@ class _IdleReaper:
         while True:
             with self._sleep:
                 await trio.sleep_forever()
-            self._sleep = trio.CancelScope(deadline=self._expire(trio.current_time()))
+            now = trio.current_time()
+            # Sessions that opened together go idle together. Woken at each one's own deadline,
+            # the reaper scanned all of them once per session: 9,000 sessions opened 1 ms
+            # apart cost 2.8 s of CPU to reap. With a floor under the interval, one scan reaps
+            # every session due within it, each at most that much late.
+            wake_at = max(self._expire(now), now + REAPER_MIN_INTERVAL_SECONDS)
+            self._sleep = trio.CancelScope(deadline=wake_at)
 
     def _expire(self, now: float) -> float:
         """Start `on_idle` for every session past its deadline; return the next deadline."""
