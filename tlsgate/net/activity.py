@@ -9,8 +9,9 @@ close: a 2 GB transfer moves `tlsgate_bytes_total` while it runs, not only when 
 Idle timeouts are enforced by one reaper task per trio run, not by a watchdog task per session:
 a task spawned, cancelled and reaped per connection cost 5% of the instructions of a relayed
 handshake (bench/instructions.py). The reaper sleeps until the earliest deadline any watched
-session could have (`last` + its idle timeout); when it wakes, it starts the `on_idle` of every
-session past its deadline in that session's nursery and sleeps until the next one. A session is
+session could have (`last` + its idle timeout), but at least `REAPER_MIN_INTERVAL_SECONDS`; when
+it wakes, it starts the `on_idle` of every session past its deadline in that session's nursery
+and sleeps until the next one. A session is
 registered exactly while its nursery is open (`Activity.watched_nursery`), so the reaper cannot
 keep a finished session alive; registering costs a dict insert, and moves the reaper's wake-up
 only if the new deadline comes before it.
