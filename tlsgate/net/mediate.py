@@ -21,7 +21,7 @@ from tlsgate.net.relay import (
     RECEIVE_SIZE_BYTES,
     PeerBrokenError,
     Side,
-    raise_first_error,
+    first_error,
     relay_both_ways,
     send_eof_quietly,
 )
@@ -124,22 +124,32 @@ class MediationRunner:
             await self._dispatch(Shutdown())
 
     async def _run(self, initial_client_data: bytes, initial_backend_data: bytes) -> CloseReason:
+        error: BaseException | None = None
         try:
             with self._cancel_scope:
                 async with self._activity.watched_nursery(self._on_idle) as nursery:
                     nursery.start_soon(self._read_backend, initial_backend_data)
                     await self._read_client(initial_client_data)  # one spawn fewer
         except BaseExceptionGroup as group:
+            error = first_error(group)
+        if error is not None:
             try:
-                raise_first_error(group)
-            except PeerBrokenError as exc:
-                # After the backend has said goodbye (221, +OK and close) many clients just
-                # drop the connection without a TLS close_notify: the session was complete.
-                if exc.side is not Side.CLIENT or not self._backend_finished:
-                    raise
+                if not self._client_left_after_goodbye(error):
+                    raise error
+            finally:
+                del error  # see first_error
         if self._switch_to_relay:
             await self._relay()
         return self.close_reason
+
+    def _client_left_after_goodbye(self, error: BaseException) -> bool:
+        """After the backend has said goodbye (221, +OK and close) many clients just drop the
+        connection without a TLS close_notify: the session was complete."""
+        return (
+            isinstance(error, PeerBrokenError)
+            and error.side is Side.CLIENT
+            and self._backend_finished
+        )
 
     # ---- readers ----------------------------------------------------------------------------
 

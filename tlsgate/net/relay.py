@@ -120,6 +120,7 @@ async def relay_both_ways(
         idle = True
         nursery.cancel_scope.cancel()
 
+    error: BaseException | None = None
     try:
         async with activity.watched_nursery(on_idle) as nursery:
             nursery.start_soon(
@@ -128,18 +129,29 @@ async def relay_both_ways(
             # In this task: one spawn fewer per connection.
             await pump(client_io, Side.CLIENT, backend_io, Side.BACKEND, activity, copied)
     except BaseExceptionGroup as group:
-        raise_first_error(group)
+        error = first_error(group)
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error  # see first_error
     return idle
 
 
-def raise_first_error(group: BaseExceptionGroup[BaseException]) -> None:
-    """Re-raise the first real error of a nursery's group, preferring it to a Cancelled.
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error of a nursery's group, preferring it to a Cancelled.
 
     Sessions classify failures by exception type (PeerBrokenError, TlsHandshakeError); trio
     wraps them in groups, and one leaf is all a session needs to say why it ended.
+
+    Raise the leaf after the `except` clause that caught the group, and drop the local that
+    holds it in a `finally`. Raised inside the clause, the leaf would get the group as its
+    `__context__` while the group holds the leaf; and a frame whose local holds the exception
+    it raises is on that exception's traceback. Either cycle keeps the finished session (its
+    frames, streams and buffers) alive until the cyclic garbage collector runs.
     """
     _, errors = group.split(trio.Cancelled)
     leaf: BaseException = errors if errors is not None else group
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]
-    raise leaf
+    return leaf
