@@ -11,10 +11,9 @@ a task spawned, cancelled and reaped per connection cost 5% of the instructions 
 handshake (bench/instructions.py). The reaper sleeps until the earliest deadline any watched
 session could have (`last` + its idle timeout), but at least `REAPER_MIN_INTERVAL_SECONDS`; when
 it wakes, it starts the `on_idle` of every session past its deadline in that session's nursery
-and sleeps until the next one. A session is
-registered exactly while its nursery is open (`Activity.watched_nursery`), so the reaper cannot
-keep a finished session alive; registering costs a dict insert, and moves the reaper's wake-up
-only if the new deadline comes before it.
+and sleeps until the next one. A session is registered exactly while its nursery is open
+(`Activity.watched_nursery`), so the reaper cannot keep a finished session alive; registering
+costs a dict insert, and moves the reaper's wake-up only if the new deadline comes before it.
 """
 
 from __future__ import annotations
