@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +55,15 @@ def cert_files(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
         for blob in server.cert_chain_pems:
             out.write(blob.bytes())
     return CertFiles(ca, ca_file, cert_file, key_file)
+
+
+@pytest.fixture
+def no_automatic_gc() -> Iterator[None]:
+    """The cyclic garbage collector off for the test, after one full collection: what the
+    test frees, reference counting alone freed."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -8,9 +8,7 @@ until the cyclic collector runs.
 
 from __future__ import annotations
 
-import gc
 import weakref
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -45,16 +43,6 @@ class ResetClient(EndedBackend):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint()
         raise trio.BrokenResourceError("connection reset by peer")
-
-
-@pytest.fixture
-def no_automatic_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.usefixtures("no_automatic_gc")
